@@ -1,0 +1,3 @@
+"""Core commands: init-adapter and generate."""
+
+from __future__ import annotations
