@@ -102,9 +102,7 @@ def load_embedding(path: str | os.PathLike, dim: int, what: str = "identity embe
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] == 0:
-        raise InputError(
-            f"{what} '{p}' has shape {tuple(arr.shape)}, but this adapter expects ({dim},) or (n, {dim})"
-        )
+        raise InputError(f"{what} '{p}' has shape {tuple(arr.shape)}, but this adapter expects ({dim},) or (n, {dim})")
     if not np.isfinite(arr).all():
         raise InputError(f"{what} '{p}' contains NaN or infinite values")
     if (np.linalg.norm(arr, axis=1) == 0).any():

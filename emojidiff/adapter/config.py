@@ -99,8 +99,11 @@ class EmojiDiffConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise AdapterError(f"adapter config '{path}' is not valid JSON ({e})") from None
         known = {f.name for f in fields(cls)}
-        missing = [n for n in ("base_family", "cross_attention_dim", "attention_blocks", "hidden_sizes",
-                               "expression_layers") if n not in data]
+        missing = [
+            n
+            for n in ("base_family", "cross_attention_dim", "attention_blocks", "hidden_sizes", "expression_layers")
+            if n not in data
+        ]
         if missing:
             raise AdapterError(f"adapter config '{path}' lacks {', '.join(missing)}")
         if data.get("format_version", 1) > FORMAT_VERSION:

@@ -75,7 +75,8 @@ def select_face(faces: list[Face], what: str, face_index: int | None = None) -> 
         return faces[0]
     if not 0 <= face_index < len(faces):
         raise InputError(
-            f"face index {face_index} is out of range for {what}: {len(faces)} face(s) found (indices 0..{len(faces) - 1})"
+            f"face index {face_index} is out of range for {what}: {len(faces)} face(s) found "
+            f"(indices 0..{len(faces) - 1})"
         )
     return faces[face_index]
 
