@@ -25,6 +25,9 @@ def _quiet_libraries() -> None:
 
         tlog.set_verbosity_error()
         dlog.set_verbosity_error()
+        # Local loads take a second; keep stderr for the denoising progress bar and for errors.
+        tlog.disable_progress_bar()
+        dlog.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
 
@@ -68,3 +71,4 @@ def main() -> None:
 
 # Sub-command modules register themselves on `main` when imported (one import line each, below).
 from . import cli_core  # noqa: E402,F401
+from .synthetic import cli as _synthetic_cli  # noqa: E402,F401

@@ -6,7 +6,21 @@ handles in milliseconds. The configs follow diffusers' own test-suite tiny model
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
+
+#: identity-embedding size used by the test adapters (small, so tests stay fast)
+TEST_ID_DIM = 16
+
+
+def random_image(seed: int, size: int = 48) -> Image.Image:
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(size, size, 3) * 255).astype(np.uint8))
+
+
+def random_embedding(seed: int, dim: int = TEST_ID_DIM) -> np.ndarray:
+    return np.random.RandomState(seed).randn(dim).astype(np.float32)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -31,7 +45,9 @@ def tiny_tokenizer():
     merges = [("p", "o"), ("po", "r"), ("t", "r"), ("a", "i"), ("s", "m"), ("i", "l")]
     vocab_list += ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return CLIPTokenizer(
+        vocab=vocab, merges=merges, unk_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=77
+    )
 
 
 def _text_config(tokenizer, projection_dim: int = 32, hidden_size: int = 32):

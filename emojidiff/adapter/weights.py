@@ -150,7 +150,7 @@ def branch_weights_from_unet(unet) -> tuple[dict[str, torch.Tensor], dict[str, t
 
 
 def save_branch_weights(directory: str | Path, id_sd: dict, exp_sd: dict, dtype: torch.dtype | None = None) -> None:
-    meta = {"format": "pt", "producer": "emojidiff"}
+    meta = {"format": "pt"}  # one key: safetensors orders metadata arbitrarily, and files should be byte-stable
     for name, sd in ((IDENTITY_WEIGHTS, id_sd), (EXPRESSION_WEIGHTS, exp_sd)):
         if dtype is not None:
             sd = {k: v.to(dtype) for k, v in sd.items()}
