@@ -1,0 +1,206 @@
+"""Per-step cost of the E-Adapter at real SD1.5 / SDXL sizes (random weights, CPU or GPU).
+
+Times one UNet call (batch 2, as with classifier-free guidance) with and without the adapter, in the same process
+on the same UNet, alternating the two so that machine load hits both alike; reports medians and the overhead ratio.
+Also times the one-off encodings (template through CLIP ViT-H + resampler, identity through its projection) and
+the same calls served from the pipeline's cache.
+
+    OMP_NUM_THREADS=1 python bench/adapter_overhead.py --family sd15 sdxl --repeats 5 --json bench/results/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+SD15_UNET = dict(
+    act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=64,
+)  # fmt: skip
+SDXL_UNET = dict(
+    addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    in_channels=4, out_channels=4, layers_per_block=2, projection_class_embeddings_input_dim=2816,
+    transformer_layers_per_block=[1, 2, 10], use_linear_projection=True, norm_num_groups=32, sample_size=128,
+)  # fmt: skip
+VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
+             image_size=224, projection_dim=1024, hidden_act="gelu")  # fmt: skip
+FAMILIES = {"sd15": (SD15_UNET, 512), "sdxl": (SDXL_UNET, 768)}
+
+
+def _timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def bench_family(family: str, repeats: int, device, dtype, resolution: int | None) -> dict:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from emojidiff.adapter import make_config
+    from emojidiff.adapter.weights import init_branch_weights
+
+    unet_cfg, default_res = FAMILIES[family]
+    res = resolution or default_res
+    t0 = time.perf_counter()
+    unet = UNet2DConditionModel(**unet_cfg).to(device, dtype).eval()
+    build_s = time.perf_counter() - t0
+    plain = {name: AttnProcessor2_0() for name in unet.attn_processors}
+    unet.set_attn_processor(dict(plain))
+
+    cfg = make_config(unet, expression_embed_dim=VIT_H["hidden_size"], expression_layers="all")
+    id_sd, exp_sd = init_branch_weights(unet, cfg)
+    parts = ("image_proj", "ip_adapter")
+    split = [{p: {k[len(p) + 1 :]: v for k, v in sd.items() if k.startswith(p + ".")} for p in parts}
+             for sd in (id_sd, exp_sd)]  # fmt: skip
+    unet._load_ip_adapter_weights(split)
+    unet.to(device, dtype)
+    with_adapter = unet.attn_processors
+    hid_proj = unet.encoder_hid_proj
+
+    def use(adapter: bool):
+        # the resampler's own attention layers count as UNet processors while it is attached: attach it first
+        unet.encoder_hid_proj = hid_proj if adapter else None
+        unet.config.encoder_hid_dim_type = "ip_image_proj" if adapter else None
+        unet.set_attn_processor(dict(with_adapter if adapter else plain))  # diffusers consumes the dict
+
+    lat = res // 8
+    sample = torch.randn(2, 4, lat, lat, device=device, dtype=dtype)
+    text = torch.randn(2, 77, unet_cfg["cross_attention_dim"], device=device, dtype=dtype)
+    added = {}
+    if family == "sdxl":
+        added = {"text_embeds": torch.randn(2, 1280, device=device, dtype=dtype),
+                 "time_ids": torch.tensor([[res, res, 0, 0, res, res]] * 2, device=device, dtype=dtype)}  # fmt: skip
+    ip = [torch.randn(2, 1, cfg.identity_dim, device=device, dtype=dtype),
+          torch.randn(2, 1, 257, cfg.expression_embed_dim, device=device, dtype=dtype)]  # fmt: skip
+
+    def step(adapter: bool):
+        kw = dict(added, image_embeds=ip) if adapter else added
+        unet(sample, 500, encoder_hidden_states=text, added_cond_kwargs=kw)
+
+    times = {False: [], True: []}
+    for flag in (False, True):  # warm-up, not recorded
+        use(flag)
+        _timed(lambda f=flag: step(f), device)
+    for r in range(repeats):
+        for flag in (False, True) if r % 2 == 0 else (True, False):
+            use(flag)
+            times[flag].append(_timed(lambda f=flag: step(f), device))
+    base, ours = statistics.median(times[False]), statistics.median(times[True])
+    n_adapter = sum(p.numel() for n, p in unet.named_parameters() if "_ip" in n) + sum(
+        p.numel() for p in hid_proj.parameters()
+    )
+    return {
+        "family": family,
+        "resolution": res,
+        "build_s": round(build_s, 2),
+        "step_s_without": [round(t, 4) for t in times[False]],
+        "step_s_with": [round(t, 4) for t in times[True]],
+        "median_without_s": round(base, 4),
+        "median_with_s": round(ours, 4),
+        "overhead_pct": round(100 * (ours / base - 1), 2),
+        "adapter_params": n_adapter,
+        "expression_layers": len(cfg.expression_layers),
+    }
+
+
+@torch.no_grad()
+def bench_encodings(device, dtype, repeats: int) -> dict:
+    """One-off cost of encoding a template (ViT-H/14 patch features + resampler) and an identity embedding."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from emojidiff.adapter import EmojiDiffConfig
+    from emojidiff.adapter.weights import build_expression_projection, build_identity_projection
+
+    enc = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H)).to(device, dtype).eval()
+    cfg = EmojiDiffConfig("sd15", 768, [], [], [], expression_embed_dim=1280)
+    exp_proj = build_expression_projection(cfg).to(device, dtype)
+    id_proj = build_identity_projection(cfg).to(device, dtype)
+    px = torch.randn(1, 3, 224, 224, device=device, dtype=dtype)
+    emb = torch.randn(1, 512, device=device, dtype=dtype)
+    enc_t, proj_t, id_t = [], [], []
+    for _ in range(repeats):
+        enc_t.append(_timed(lambda: enc(px, output_hidden_states=True), device))
+        feats = enc(px, output_hidden_states=True).hidden_states[-2]
+        proj_t.append(_timed(lambda f=feats: exp_proj(f), device))
+        id_t.append(_timed(lambda: id_proj(emb), device))
+    return {
+        "template_image_encoder_s": round(statistics.median(enc_t), 4),
+        "template_resampler_s": round(statistics.median(proj_t), 5),
+        "identity_projection_s": round(statistics.median(id_t), 6),
+    }
+
+
+def bench_cache(repeats: int) -> dict:
+    """Cached vs uncached template encoding through EmojiDiffPipeline (tiny models: measures the cache itself)."""
+    import tempfile
+
+    from emojidiff import EmojiDiffPipeline
+    from emojidiff.adapter import init_adapter
+    from emojidiff.testing import random_image, tiny_image_encoder, tiny_sd_pipeline
+
+    with tempfile.TemporaryDirectory() as d:
+        tiny_sd_pipeline().save_pretrained(f"{d}/base")
+        tiny_image_encoder().save_pretrained(f"{d}/enc")
+        init_adapter(f"{d}/base", f"{d}/ad", image_encoder=f"{d}/enc", identity_dim=16)
+        pipe = EmojiDiffPipeline.from_pretrained(f"{d}/base", adapter=f"{d}/ad")
+        first, again = [], []
+        for i in range(repeats):
+            img = random_image(100 + i, 256)
+            first.append(_timed(lambda im=img: pipe.encode_expression(im), torch.device("cpu")))
+            again.append(_timed(lambda im=img: pipe.encode_expression(im), torch.device("cpu")))
+    return {"tiny_template_first_s": round(statistics.median(first), 5),
+            "tiny_template_cached_s": round(statistics.median(again), 6)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--family", nargs="+", default=["sd15", "sdxl"], choices=sorted(FAMILIES))
+    ap.add_argument("--repeats", type=int, default=5, help="timed UNet calls per variant (after one warm-up each)")
+    ap.add_argument("--resolution", type=int, default=None, help="pixels (default: 512 for sd15, 768 for sdxl)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--skip-encodings", action="store_true")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    out = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+        "results": [],
+    }
+    for fam in args.family:
+        r = bench_family(fam, args.repeats, device, dtype, args.resolution)
+        out["results"].append(r)
+        print(f"{fam} {r['resolution']}px: {r['median_without_s']:.3f}s -> {r['median_with_s']:.3f}s per step "
+              f"({r['overhead_pct']:+.2f}%), adapter {r['adapter_params'] / 1e6:.1f}M params", flush=True)  # fmt: skip
+    if not args.skip_encodings:
+        out["encodings"] = bench_encodings(device, dtype, args.repeats)
+        out["cache"] = bench_cache(args.repeats)
+        print(json.dumps({**out["encodings"], **out["cache"]}), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
