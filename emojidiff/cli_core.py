@@ -164,6 +164,9 @@ def generate_cmd(
     for flag, value in (("--steps", steps), ("--height", height), ("--width", width)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be positive, got {value}")
+    for flag, value in (("--height", height), ("--width", width)):
+        if value is not None and value % 8:
+            raise InputError(f"{flag} must be a multiple of 8 (the VAE's downsampling), got {value}")
     paths = output_paths(out, num_images)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.float16 if device.startswith("cuda") else torch.float32)

@@ -231,23 +231,24 @@ class EmojiDiffPipeline:
         return self._template_cache.get_or(("null",), compute)
 
     def ip_adapter_embeds(
-        self, identity: np.ndarray | None, expression: torch.Tensor | None, do_cfg: bool
+        self, identity: np.ndarray | None, expression: torch.Tensor | None, do_cfg: bool, batch: int = 1
     ) -> list[torch.Tensor]:
-        """The ``ip_adapter_image_embeds`` list diffusers takes: ``[identity, expression]``, negatives first."""
+        """The ``ip_adapter_image_embeds`` list diffusers takes: ``[identity, expression]``, negatives first.
+
+        ``batch`` is the number of prompts; each gets the same identity and expression.
+        """
         dtype, device = self.dtype, self.pipe.unet.device
         id_pos = (
             torch.zeros(1, 1, self.config.identity_dim) if identity is None else torch.as_tensor(identity)[None, None]
         )
         null = self.null_expression()
         exp_pos = (null if expression is None else expression)[None, None]
-        id_pos = id_pos.to(device=device, dtype=dtype)
-        exp_pos = exp_pos.to(device=device, dtype=dtype)
+        id_pos = id_pos.to(device=device, dtype=dtype).repeat_interleave(batch, 0)
+        exp_pos = exp_pos.to(device=device, dtype=dtype).repeat_interleave(batch, 0)
         if not do_cfg:
             return [id_pos, exp_pos]
-        return [
-            torch.cat([torch.zeros_like(id_pos), id_pos]),
-            torch.cat([null[None, None].to(device=device, dtype=dtype), exp_pos]),
-        ]
+        exp_neg = null[None, None].to(device=device, dtype=dtype).repeat_interleave(batch, 0)
+        return [torch.cat([torch.zeros_like(id_pos), id_pos]), torch.cat([exp_neg, exp_pos])]
 
     def set_scales(self, id_scale: float, exp_scale: float) -> None:
         """Identity branch on every cross-attention layer; expression branch only on the expression-layer map."""
@@ -286,12 +287,13 @@ class EmojiDiffPipeline:
         exp_feats = None if expression is None else self.encode_expression(expression, face_index)
         self.set_scales(id_scale if id_emb is not None else 0.0, exp_scale if exp_feats is not None else 0.0)
         do_cfg = guidance_scale > 1 and self.pipe.unet.config.get("time_cond_proj_dim") is None
+        batch = len(prompt) if isinstance(prompt, list) else 1
         if generator is None and seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
         return self.pipe(
             prompt=prompt,
             negative_prompt=negative_prompt,
-            ip_adapter_image_embeds=self.ip_adapter_embeds(id_emb, exp_feats, do_cfg),
+            ip_adapter_image_embeds=self.ip_adapter_embeds(id_emb, exp_feats, do_cfg, batch),
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generator,

@@ -87,6 +87,7 @@ def test_generate_uses_the_base_recorded_in_the_adapter_and_numbers_several_imag
         ({"--adapter": "no-such-adapter"}, "adapter 'no-such-adapter' not found"),
         ({"--expression": "{dir}"}, "is a directory"),
         ({"--expression": "notimage.png"}, "is not an image file"),
+        ({"--height": "60"}, "--height must be a multiple of 8"),
     ],
 )
 def test_generate_errors_are_one_line(cli_adapter, files, change, message, monkeypatch):
@@ -100,7 +101,7 @@ def test_generate_errors_are_one_line(cli_adapter, files, change, message, monke
         "--out": "x.png",
     }
     opts.update({k: v.format(template=files["template"], dir=files["dir"]) for k, v in change.items()})
-    res = _generate([x for kv in opts.items() for x in kv] + GEN)
+    res = _generate(GEN + [x for kv in opts.items() for x in kv])
     assert res.exit_code == 1
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr

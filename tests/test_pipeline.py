@@ -150,6 +150,12 @@ def test_template_encoding_is_cached(sd_pipe, monkeypatch):
     assert calls == [] and torch.equal(first, again)
 
 
+def test_several_prompts_share_identity_and_expression(sd_pipe):
+    args = dict(identity=random_embedding(0), expression=random_image(1), seed=0, **KW)
+    out = sd_pipe(["a portrait", "a sketch"], num_images=2, **args)
+    assert out.images.shape == (4, 64, 64, 3)
+
+
 def test_num_images_and_no_cfg(sd_pipe):
     out = sd_pipe("a portrait", identity=random_embedding(0), expression=random_image(1), seed=0, num_images=3, **KW)
     assert out.images.shape == (3, 64, 64, 3)

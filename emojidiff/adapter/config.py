@@ -23,7 +23,7 @@ IDENTITY_TOKENS = 4
 class UNetSignature:
     """What an adapter must match in a UNet: family, cross-attention width and its attention blocks."""
 
-    family: str  # "sd15" (SD1.x/2.x layout) or "sdxl"
+    family: str  # "sd15", "sd2" (SD layout with 1024-d cross-attention) or "sdxl"
     cross_attention_dim: int
     attention_blocks: list[str]
     hidden_sizes: list[int]  # one per cross-attention processor, in diffusers order
@@ -33,7 +33,10 @@ class UNetSignature:
         from .layers import attention_blocks, cross_attention_processors
 
         cfg = unet.config
-        family = "sdxl" if cfg.get("addition_embed_type") == "text_time" else "sd15"
+        if cfg.get("addition_embed_type") == "text_time":
+            family = "sdxl"
+        else:
+            family = "sd2" if cfg.cross_attention_dim == 1024 else "sd15"
         procs = cross_attention_processors(unet)
         sizes = [_hidden_size(cfg, n) for n in procs]
         return cls(family, int(cfg.cross_attention_dim), attention_blocks(unet), sizes)
