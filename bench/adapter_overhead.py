@@ -19,20 +19,9 @@ from pathlib import Path
 
 import torch
 
-SD15_UNET = dict(
-    act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768,
-    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-    in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=64,
-)  # fmt: skip
-SDXL_UNET = dict(
-    addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
-    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
-    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    in_channels=4, out_channels=4, layers_per_block=2, projection_class_embeddings_input_dim=2816,
-    transformer_layers_per_block=[1, 2, 10], use_linear_projection=True, norm_num_groups=32, sample_size=128,
-)  # fmt: skip
+from emojidiff.testing import SD15_UNET_CONFIG as SD15_UNET  # noqa: E402
+from emojidiff.testing import SDXL_UNET_CONFIG as SDXL_UNET  # noqa: E402
+
 VIT_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
              image_size=224, projection_dim=1024, hidden_act="gelu")  # fmt: skip
 FAMILIES = {"sd15": (SD15_UNET, 512), "sdxl": (SDXL_UNET, 768)}

@@ -14,6 +14,23 @@ from PIL import Image
 TEST_ID_DIM = 16
 
 
+#: The real SD1.5 / SDXL UNet configs (as in their model repos), for meta-device checks and benchmarks.
+SD15_UNET_CONFIG = dict(
+    act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=64,
+)  # fmt: skip
+SDXL_UNET_CONFIG = dict(
+    addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], cross_attention_dim=2048,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    in_channels=4, out_channels=4, layers_per_block=2, projection_class_embeddings_input_dim=2816,
+    transformer_layers_per_block=[1, 2, 10], use_linear_projection=True, norm_num_groups=32, sample_size=128,
+)  # fmt: skip
+
+
 def random_image(seed: int, size: int = 48) -> Image.Image:
     rng = np.random.RandomState(seed)
     return Image.fromarray((rng.rand(size, size, 3) * 255).astype(np.uint8))

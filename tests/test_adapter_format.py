@@ -103,3 +103,18 @@ def test_weight_file_checks(tmp_path, fresh_adapter):
     (tmp_path / "a" / EXPRESSION_WEIGHTS).unlink()
     with pytest.raises(AdapterError, match=f"missing {EXPRESSION_WEIGHTS}"):
         check_weight_files(tmp_path / "a", cfg)
+
+
+@pytest.mark.parametrize("name, family, n_layers, n_blocks", [("SD15", "sd15", 16, 16), ("SDXL", "sdxl", 70, 11)])
+def test_real_sd15_and_sdxl_layouts(name, family, n_layers, n_blocks):
+    """The adapter config for the real architectures, built on the meta device (no memory, no download)."""
+    from emojidiff import testing
+    from emojidiff.adapter import make_config, meta_unet
+
+    unet = meta_unet(getattr(testing, f"{name}_UNET_CONFIG"))
+    cfg = make_config(unet, expression_embed_dim=1280, expression_layers="up.block_1,mid")
+    assert cfg.base_family == family
+    assert cfg.cross_attention_dim == {"sd15": 768, "sdxl": 2048}[family]
+    assert len(cfg.hidden_sizes) == n_layers and len(cfg.attention_blocks) == n_blocks
+    assert cfg.expression_layers == ["up.block_1.0", "up.block_1.1", "up.block_1.2", "mid"]
+    assert cfg.expression_hidden_dim == {"sd15": 768, "sdxl": 1280}[family]
