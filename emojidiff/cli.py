@@ -44,6 +44,9 @@ def user_errors(fn):
                 raise
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # e.g. `emojidiff models check | head`
+            sys.stderr.close()
+            sys.exit(0)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
@@ -71,4 +74,6 @@ def main() -> None:
 
 # Sub-command modules register themselves on `main` when imported (one import line each, below).
 from . import cli_core  # noqa: E402,F401
+from .faces import cli as _faces_cli  # noqa: E402,F401
 from .synthetic import cli as _synthetic_cli  # noqa: E402,F401
+from .train import cli as _train_cli  # noqa: E402,F401

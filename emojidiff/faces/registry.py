@@ -46,3 +46,28 @@ def _none_factory() -> FaceAnalyzer:
 
 
 register_face_analyzer("none", _none_factory)
+
+
+def _register_real_photo_backends() -> None:
+    from .backends import FACTORIES
+
+    for _name, _factory in FACTORIES.items():
+        register_face_analyzer(_name, _factory)
+
+
+_register_real_photo_backends()
+
+
+def _synthetic_factory(kind: str) -> Callable[[], FaceAnalyzer]:
+    def factory() -> FaceAnalyzer:
+        from ..synthetic.analysers import SyntheticFaceAnalyzer
+
+        return SyntheticFaceAnalyzer(kind)
+
+    return factory
+
+
+# The synthetic world's analysers: "synthetic" for training losses, "synthetic-eval" (another architecture, seed and
+# identity split) for scoring only.
+register_face_analyzer("synthetic", _synthetic_factory("train"))
+register_face_analyzer("synthetic-eval", _synthetic_factory("eval"))
