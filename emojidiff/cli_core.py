@@ -140,27 +140,25 @@ def generate_cmd(
     import torch
 
     from .adapter import EmojiDiffConfig, resolve_adapter
+    from .encode import FaceEncoder
     from .errors import FaceBackendError, InputError
     from .faces import get_face_analyzer
-    from .io import is_embedding_path, load_embedding, load_image
+    from .io import is_embedding_path
     from .pipeline import EmojiDiffPipeline
 
-    # Check every input before loading any model: a bad file fails in a second, not after the model loads.
+    # Every input is checked (files read, faces found, embeddings encoded) before any model loads: a bad input fails
+    # in a second, not after the base model has loaded. The results feed the pipeline directly.
     cfg = EmojiDiffConfig.load(resolve_adapter(adapter))
     analyzer = get_face_analyzer(face_backend or cfg.face_backend)
-    template = load_image(expression, "expression template")
-    identity: list = []
     for item in identities:
-        if is_embedding_path(item):
-            identity.append(load_embedding(item, cfg.identity_dim))
-        else:
-            load_image(item, "identity image")  # decoded again by the pipeline, which names it in its messages
-            if analyzer.identity_dim is None:
-                raise FaceBackendError(
-                    f"identity image '{item}' needs a face recogniser, and face backend '{analyzer.name}' has none: "
-                    "pass a .npy embedding, or choose a --face-backend with a recogniser"
-                )
-            identity.append(item)
+        if not is_embedding_path(item) and analyzer.identity_dim is None:
+            raise FaceBackendError(
+                f"identity image '{item}' needs a face recogniser, and face backend '{analyzer.name}' has none: "
+                "pass a .npy embedding, or choose a --face-backend with a recogniser"
+            )
+    faces = FaceEncoder(analyzer, cfg.identity_dim)
+    identity = faces.identity(list(identities), face_index)
+    crop = faces.crop(expression, face_index)
     for flag, value in (("--steps", steps), ("--height", height), ("--width", width)):
         if value is not None and value < 1:
             raise InputError(f"{flag} must be positive, got {value}")
@@ -176,7 +174,8 @@ def generate_cmd(
     images = pipe(
         prompt=prompt,
         identity=identity,
-        expression=template,
+        expression=crop,
+        template_is_crop=True,
         negative_prompt=negative_prompt,
         id_scale=id_scale,
         exp_scale=exp_scale,

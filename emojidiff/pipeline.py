@@ -8,8 +8,6 @@ the diffusers pipeline. A stock diffusers pipeline given the same embeddings and
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,37 +20,11 @@ from .adapter.config import EmojiDiffConfig, UNetSignature
 from .adapter.core import load_adapter_into, meta_unet, read_unet_config, resolve_adapter
 from .adapter.image_encoder import encode_pixels, image_processor, preprocess
 from .adapter.layers import layer_scale_dict
+from .encode import LRU, FaceEncoder, IdentityInput, TemplateInput, image_key
 from .errors import AdapterError, InputError
-from .faces import get_face_analyzer, normalize_embeddings, select_face
+from .faces import get_face_analyzer
 from .faces.base import FaceAnalyzer
-from .io import is_embedding_path, load_embedding, load_image
-
-IdentityInput = str | Path | Image.Image | np.ndarray | torch.Tensor
-TemplateInput = str | Path | Image.Image
-
-
-class _LRU(OrderedDict):
-    """A tiny LRU cache for encodings, so repeated generations skip the face models and the image encoder."""
-
-    def __init__(self, maxsize: int = 64):
-        super().__init__()
-        self.maxsize = maxsize
-
-    def get_or(self, key, compute):
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        value = compute()
-        self[key] = value
-        if len(self) > self.maxsize:
-            self.popitem(last=False)
-        return value
-
-
-def _image_key(img: Image.Image) -> str:
-    h = hashlib.sha1(img.tobytes())
-    h.update(f"{img.size}{img.mode}".encode())
-    return h.hexdigest()
+from .io import load_image
 
 
 def _dtype_kwarg(dtype: torch.dtype | None) -> dict:
@@ -78,8 +50,8 @@ class EmojiDiffPipeline:
         self.config, self.image_encoder = load_adapter_into(pipe, adapter, base_name or "the given pipeline")
         self.face_analyzer = get_face_analyzer(face_backend or self.config.face_backend)
         self.processor = image_processor(self.image_encoder.config.image_size)
-        self._identity_cache = _LRU()
-        self._template_cache = _LRU()
+        self.faces = FaceEncoder(self.face_analyzer, self.config.identity_dim)
+        self._template_cache = LRU()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -152,55 +124,19 @@ class EmojiDiffPipeline:
     # ------------------------------------------------------------------ encoding
     def encode_identity(self, identity: IdentityInput | Sequence[IdentityInput], face_index: int | None = None):
         """One identity embedding ``(identity_dim,)`` from images, ``.npy`` files or arrays, averaged + renormalised."""
-        items = list(identity) if isinstance(identity, (list, tuple)) else [identity]
-        if not items:
-            raise InputError("no identity given")
-        dim = self.config.identity_dim
-        rows: list[np.ndarray] = []
-        for item in items:
-            if isinstance(item, torch.Tensor):
-                item = item.detach().float().cpu().numpy()
-            if isinstance(item, np.ndarray):
-                arr = np.asarray(item, dtype=np.float32).reshape(-1, item.shape[-1]) if item.ndim else item
-                if arr.ndim != 2 or arr.shape[1] != dim:
-                    raise InputError(
-                        f"identity embedding has shape {tuple(item.shape)}, but this adapter expects ({dim},)"
-                    )
-                rows.append(arr)
-            elif isinstance(item, (str, Path)) and is_embedding_path(item):
-                rows.append(load_embedding(item, dim))
-            else:
-                img = load_image(item, "identity image") if isinstance(item, (str, Path)) else item
-                what = f"identity image '{item}'" if isinstance(item, (str, Path)) else "the identity image"
-                rows.append(self._identity_from_image(img, what, face_index)[None])
-        return normalize_embeddings(np.concatenate(rows, axis=0))
-
-    def _identity_from_image(self, img: Image.Image, what: str, face_index: int | None) -> np.ndarray:
-        fa = self.face_analyzer
-
-        def compute():
-            face = select_face(fa.detect(img), what, face_index)
-            emb = np.asarray(fa.identity_embedding(img, face), dtype=np.float32).reshape(-1)
-            if emb.shape[0] != self.config.identity_dim:
-                raise AdapterError(
-                    f"face backend '{fa.name}' gives {emb.shape[0]}-d identity embeddings, but this adapter was made "
-                    f"for {self.config.identity_dim}-d"
-                )
-            return emb
-
-        return self._identity_cache.get_or((_image_key(img), fa.name, face_index), compute)
+        return self.faces.identity(identity, face_index)
 
     def expression_crop(self, template: TemplateInput, face_index: int | None = None) -> Image.Image:
         """The masked, aligned face crop of the template that the expression branch sees."""
-        what = f"expression template '{template}'" if isinstance(template, (str, Path)) else "the expression template"
-        img = load_image(template, "expression template") if isinstance(template, (str, Path)) else template
-        face = select_face(self.face_analyzer.detect(img), what, face_index)
-        return self.face_analyzer.expression_crop(img, face)
+        return self.faces.crop(template, face_index)
 
-    def encode_expression(self, template: TemplateInput | torch.Tensor, face_index: int | None = None) -> torch.Tensor:
+    def encode_expression(
+        self, template: TemplateInput | torch.Tensor, face_index: int | None = None, is_crop: bool = False
+    ) -> torch.Tensor:
         """Image-encoder patch features of the template's face crop, shape ``(tokens, hidden)``.
 
-        A tensor is taken as precomputed features and returned as is (after a shape check).
+        A tensor is taken as precomputed features and returned as is (after a shape check). ``is_crop``: the image is
+        already the face crop (from :meth:`expression_crop`), so no face detection runs again.
         """
         if isinstance(template, torch.Tensor):
             feats = template.reshape(-1, template.shape[-1])
@@ -211,8 +147,10 @@ class EmojiDiffPipeline:
                 )
             return feats
         img = load_image(template, "expression template") if isinstance(template, (str, Path)) else template
-        key = (_image_key(img), self.face_analyzer.name, face_index)
-        return self._template_cache.get_or(key, lambda: self._features(self.expression_crop(img, face_index)))
+        key = (image_key(img), self.face_analyzer.name, face_index, is_crop)
+        return self._template_cache.get_or(
+            key, lambda: self._features(img if is_crop else self.expression_crop(img, face_index))
+        )
 
     def _features(self, crop: Image.Image) -> torch.Tensor:
         enc = self.image_encoder
@@ -275,16 +213,18 @@ class EmojiDiffPipeline:
         height: int | None = None,
         width: int | None = None,
         face_index: int | None = None,
+        template_is_crop: bool = False,
         **kwargs: Any,
     ):
         """Generate portraits. Returns the diffusers output (``.images`` is a list of PIL images).
 
         ``identity``: image(s), ``.npy`` path(s) or embedding array(s) of one person; ``expression``: the template
-        image (any person, any style) or precomputed features. Either may be None to switch that branch off.
+        image (any person, any style) or precomputed features; ``template_is_crop``: it is already the face crop. Either
+        may be None to switch that branch off.
         Extra keyword arguments go to the diffusers pipeline (e.g. ``callback_on_step_end``, ``output_type``).
         """
         id_emb = None if identity is None else self.encode_identity(identity, face_index)
-        exp_feats = None if expression is None else self.encode_expression(expression, face_index)
+        exp_feats = None if expression is None else self.encode_expression(expression, face_index, template_is_crop)
         self.set_scales(id_scale if id_emb is not None else 0.0, exp_scale if exp_feats is not None else 0.0)
         do_cfg = guidance_scale > 1 and self.pipe.unet.config.get("time_cond_proj_dim") is None
         batch = len(prompt) if isinstance(prompt, list) else 1

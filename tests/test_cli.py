@@ -161,6 +161,7 @@ def test_incompatible_adapter_from_the_cli(cli_adapter, sdxl_base, files):
 
 
 def test_console_entry_point_prints_no_traceback(tmp_path, cli_adapter):
+    np.save(tmp_path / "x.npy", np.ones(16, np.float32))
     proc = subprocess.run(
         [
             sys.executable,
