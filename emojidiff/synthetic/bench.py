@@ -1,0 +1,119 @@
+"""Measured quality of the synthetic world's shipped models (the figures in BENCHMARKS.md come from here).
+
+* ``analysers``: identity verification ROC-AUC on held-out people, expression MAE per factor (fraction of its
+  range), ratio MAE, landmark error and presence rates, for both analyser sets, plus the style classifier;
+* ``base``: prompts made from held-out captions, sampled with the base model; the *evaluation* analysers score
+  face presence and the style classifier scores whether the prompt's style words were followed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base_model import ANALYSERS_DIR, load_base_pipeline
+from .dataset import HELDOUT_IDS, sample_portraits
+from .style import STYLE_HEADS, load_style_net, style_labels
+
+
+def bench_render(n: int = 2048, size: int = 64, repeats: int = 3) -> dict:
+    """Portraits per second on the calling thread (numpy; set OMP_NUM_THREADS=1 for a one-core figure)."""
+    from .render import render_array
+
+    portraits = sample_portraits(n, 0)
+    render_array(portraits[:32], size)
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        render_array(portraits, size)
+        rates.append(n / (time.perf_counter() - t))
+    return {
+        "size": size,
+        "n": n,
+        "portraits_per_second_best": round(max(rates), 1),
+        "portraits_per_second_median": round(float(np.median(rates)), 1),
+    }
+
+
+def bench_analysers(root: str | Path | None = None, n_people: int = 200, n_face: int = 1000) -> dict:
+    from .analysers import SyntheticAnalysers
+    from .style import _batch
+    from .train_analysers import HELDOUT, evaluate_face, evaluate_identity
+
+    root = Path(root) if root is not None else ANALYSERS_DIR
+    out: dict = {}
+    for kind in ("train", "eval"):
+        nets = SyntheticAnalysers(kind, root / kind)
+        t = time.time()
+        out[kind] = {
+            "architecture": nets.config["identity_arch"],
+            "identity": evaluate_identity(nets.identity_net, n_ids=n_people),
+            "face": evaluate_face(nets.face_net, n=n_face),
+            "seconds": round(time.time() - t, 1),
+        }
+    # the two sets disagree like two independent recognisers should, but both separate people
+    style_path = root / "eval" / "style.safetensors"
+    if style_path.is_file():
+        net = load_style_net(style_path)
+        x, labels = _batch(np.random.default_rng(4242), 500, HELDOUT)
+        with torch.no_grad():
+            logits = net(x)
+        out["style"] = {k: float((logits[k].argmax(1) == labels[k]).float().mean()) for k in STYLE_HEADS}
+    return out
+
+
+def bench_base(
+    base: str | Path | None = None,
+    n: int = 200,
+    steps: int = 25,
+    guidance: float = 4.0,
+    seed: int = 0,
+    batch: int = 50,
+    save_grid: str | Path | None = None,
+) -> dict:
+    from .analysers import SyntheticAnalysers
+
+    pipe = load_base_pipeline(base)
+    portraits = sample_portraits(n, seed + 777, HELDOUT_IDS)
+    prompts = [p.caption() for p in portraits]
+    gen = torch.Generator().manual_seed(seed)
+    t = time.time()
+    images = []
+    for k in range(0, n, batch):
+        arr = pipe(
+            prompts[k : k + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen, output_type="np"
+        ).images
+        images.append(arr)
+    images = np.concatenate(images).astype(np.float32)
+    seconds = time.time() - t
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    ev = SyntheticAnalysers("eval")
+    with torch.no_grad():
+        presence = ev.presence(x).numpy()
+        style = load_style_net(ANALYSERS_DIR / "eval" / "style.safetensors")
+        logits = style(x)
+    pred = {k: v.argmax(1).numpy() for k, v in logits.items()}
+    truth = {k: np.array([style_labels(p.style)[k] for p in portraits]) for k in STYLE_HEADS}
+    acc = {k: float((pred[k] == truth[k]).mean()) for k in STYLE_HEADS}
+    both = float(((pred["background"] == truth["background"]) & (pred["shading"] == truth["shading"])).mean())
+    if save_grid is not None:
+        from PIL import Image
+
+        m = min(64, n)
+        cols = 8
+        grid = Image.new("RGB", (64 * cols, 64 * ((m + cols - 1) // cols)))
+        for i in range(m):
+            grid.paste(Image.fromarray((images[i] * 255).astype(np.uint8)), ((i % cols) * 64, (i // cols) * 64))
+        grid.save(save_grid)
+    return {
+        "n": n,
+        "steps": steps,
+        "guidance": guidance,
+        "face_presence_rate": float((presence >= 0.5).mean()),
+        "style_word_accuracy": acc,
+        "background_and_shading_followed": both,
+        "sampling_seconds": round(seconds, 1),
+    }

@@ -1,0 +1,146 @@
+"""``emojidiff world ...``: render, gallery, analysers, pretrain and sample in the synthetic portrait world."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..cli import main, user_errors
+from ..errors import InputError
+from .pretrain_stages import STAGES
+
+
+@click.group()
+def world() -> None:
+    """The synthetic portrait world: exact-factor renders, its face analysers and its tiny base model."""
+
+
+@world.command("render")
+@click.option("--n", "n", type=click.IntRange(min=1), required=True, help="Number of portraits.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same portraits.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder.")
+@click.option("--size", type=click.IntRange(min=16, max=2048), default=64, show_default=True, help="Pixels.")
+@click.option("--heldout", is_flag=True, help="Draw people from the held-out identity range (not used in training).")
+@user_errors
+def render_cmd(n: int, seed: int, out: str, size: int, heldout: bool) -> None:
+    """Render N random portraits as PNGs plus manifest.jsonl (file, identity, expression, style, caption)."""
+    from .dataset import HELDOUT_IDS, TRAIN_IDS, sample_portraits, write_renders
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out '{out}' exists and is not a folder")
+    portraits = sample_portraits(n, seed, HELDOUT_IDS if heldout else TRAIN_IDS)
+    manifest = write_renders(portraits, out, size)
+    click.echo(f"wrote {n} portraits and {manifest}")
+
+
+@world.command("gallery")
+@click.option("--out", type=click.Path(file_okay=False), default="examples", show_default=True)
+@click.option("--size", type=click.IntRange(min=32, max=512), default=96, show_default=True)
+@user_errors
+def gallery_cmd(out: str, size: int) -> None:
+    """Regenerate the example gallery (identities/ and expressions/ under OUT)."""
+    from .dataset import write_gallery
+
+    files = write_gallery(out, size)
+    click.echo(f"wrote {len(files)} images under {out}")
+
+
+@world.command("pretrain")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, stages).")
+@click.option("--quick", is_flag=True, help="A few steps of every stage on a few images (for tests).")
+@click.option("--resume", is_flag=True, help="Continue a run in OUT: finished stages are skipped, the UNet resumes.")
+@click.option(
+    "--stages",
+    default=",".join(STAGES),
+    show_default=True,
+    help="Comma-separated subset of the stages to run.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--unet-steps", type=click.IntRange(min=1), default=None, help="Override the UNet step count.")
+@click.option("--vae-steps", type=click.IntRange(min=1), default=None, help="Override the VAE step count.")
+@click.option("--clip-steps", type=click.IntRange(min=1), default=None, help="Override the CLIP step count.")
+@click.option("--n-images", type=click.IntRange(min=8), default=None, help="Override the number of renders.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@user_errors
+def pretrain_cmd(out, quick, resume, stages, seed, unet_steps, vae_steps, clip_steps, n_images, threads) -> None:
+    """Train every model of the synthetic world: analysers, VAE, CLIP text/image encoders, UNet; then OUT/base."""
+    import torch
+
+    from .pretrain import PretrainConfig, pretrain
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = PretrainConfig.quick() if quick else PretrainConfig()
+    cfg.seed = seed
+    chosen = [s.strip() for s in stages.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise InputError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGES)}")
+    cfg.stages = chosen
+    for name, value in (
+        ("unet_steps", unet_steps),
+        ("vae_steps", vae_steps),
+        ("clip_steps", clip_steps),
+        ("n_images", n_images),
+    ):
+        if value is not None:
+            setattr(cfg, name, value)
+    state = pretrain(out, cfg, resume=resume, log=lambda m: click.echo(m, err=True))
+    click.echo(f"done: {', '.join(state['done'])}; base model in {Path(out) / 'base'}")
+
+
+@world.command("sample")
+@click.option("--prompt", required=True, help="e.g. 'a shaded portrait of a smiling person with red hair'.")
+@click.option("--n", "n", type=click.IntRange(min=1, max=1024), default=4, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--base", type=click.Path(file_okay=False), default=None, help="Base model folder (default: shipped).")
+@click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
+@click.option("--guidance", type=float, default=4.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def sample_cmd(prompt, n, out, base, steps, guidance, seed) -> None:
+    """Sample the synthetic base model alone (a plain diffusers StableDiffusionPipeline)."""
+    import torch
+
+    from .base_model import load_base_pipeline
+
+    pipe = load_base_pipeline(base)
+    gen = torch.Generator().manual_seed(seed)
+    images = pipe([prompt] * n, num_inference_steps=steps, guidance_scale=guidance, generator=gen).images
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for k, img in enumerate(images):
+        img.save(Path(out) / f"sample_{k:03d}.png")
+    click.echo(f"wrote {n} images to {out}")
+
+
+@world.command("bench")
+@click.option("--what", type=click.Choice(["render", "analysers", "base", "all"]), default="all", show_default=True)
+@click.option("--n", "n", type=click.IntRange(min=10), default=200, show_default=True, help="Base samples.")
+@click.option("--base", type=click.Path(file_okay=False), default=None, help="Base model folder (default: shipped).")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here.")
+@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Save a grid of base samples.")
+@user_errors
+def bench_cmd(what: str, n: int, base: str | None, json_out: str | None, grid: str | None) -> None:
+    """Measure the shipped analysers (held-out people) and the base model (face presence, style following)."""
+    import json
+
+    import torch
+
+    from .bench import bench_analysers, bench_base, bench_render
+
+    torch.manual_seed(0)
+    res = {}
+    if what in ("render", "all"):
+        res["render"] = bench_render()
+    if what in ("analysers", "all"):
+        res["analysers"] = bench_analysers()
+    if what in ("base", "all"):
+        res["base"] = bench_base(base, n=n, save_grid=grid)
+    text = json.dumps(res, indent=2)
+    if json_out:
+        Path(json_out).write_text(text)
+    click.echo(text)
+
+
+main.add_command(world)

@@ -1,0 +1,400 @@
+"""``emojidiff world pretrain``: every model of the synthetic world, stage by stage, resumable.
+
+Stages (each writes under ``OUT`` and is recorded in ``OUT/state.json`` when done, so ``--resume`` skips it):
+
+1. ``analysers`` — the training and evaluation face analysers (identity, face/expression) and the evaluation
+   style classifier;
+2. ``data`` — renders and captions for the base model (cached as .npy);
+3. ``vae`` — the AutoencoderKL (64 px <-> 16x16x4), then the latent scaling factor;
+4. ``clip`` — CLIP text + vision towers trained contrastively on (render, caption) and (masked face crop,
+   expression caption) pairs, then split into the pipeline's ``CLIPTextModel`` and a frozen
+   ``CLIPVisionModelWithProjection`` image encoder;
+5. ``unet`` — the UNet, epsilon prediction with min-SNR weighting and 10 % caption dropout (for guidance),
+   checkpointed every ``ckpt_every`` steps (``--resume`` continues from the last one);
+6. ``assemble`` — a ``StableDiffusionPipeline`` saved with ``save_pretrained`` in ``OUT/base``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .base_model import (
+    IMAGE_SIZE,
+    clip_pixels,
+    make_scheduler,
+    make_unet,
+    make_vae,
+    masked_face_crop,
+    text_config,
+    vision_config,
+)
+from .dataset import TRAIN_IDS, sample_portraits
+from .factors import TEMPLATE_WORDS, nearest_template
+from .pretrain_stages import STAGES
+from .render import face_geometry, render_array
+from .tokenizer import world_tokenizer
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    n_images: int = 24_000
+    analyser_identity_steps: int = 2000
+    analyser_face_steps: int = 2500
+    style_steps: int = 600
+    vae_steps: int = 2000
+    vae_batch: int = 32
+    vae_crop: int = 32
+    vae_lr: float = 2e-3
+    clip_steps: int = 800
+    clip_batch: int = 128
+    unet_steps: int = 2500
+    unet_batch: int = 64
+    unet_lr: float = 6e-4
+    ckpt_every: int = 250
+    caption_dropout: float = 0.1
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    @classmethod
+    def quick(cls) -> PretrainConfig:
+        """A few steps of everything on a few images: checks the whole path in about a minute."""
+        return cls(
+            n_images=64,
+            analyser_identity_steps=2,
+            analyser_face_steps=2,
+            style_steps=2,
+            vae_steps=2,
+            vae_batch=4,
+            clip_steps=2,
+            clip_batch=8,
+            unet_steps=3,
+            unet_batch=4,
+            ckpt_every=2,
+        )
+
+
+class _State:
+    def __init__(self, out: Path):
+        self.path = out / "state.json"
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"done": {}}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["done"]
+
+    def finish(self, stage: str, info: dict) -> None:
+        self.data["done"][stage] = info
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+
+def _lr(opt, step: int, total: int, base: float, warmup: int = 100) -> None:
+    lr = base * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=print) -> dict:
+    """Run (or resume) the stages of ``cfg.stages``; returns the state (per-stage info)."""
+    out = Path(out)
+    if out.exists() and not resume and (out / "state.json").exists():
+        from ..errors import InputError
+
+        raise InputError(f"'{out}' already holds a pretraining run: pass --resume to continue it, or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    state = _State(out)
+    for stage in STAGES:
+        if stage not in cfg.stages:
+            continue
+        if state.done(stage):
+            log(f"[{stage}] already done, skipped")
+            continue
+        t0 = time.time()
+        info = globals()[f"_stage_{stage}"](out, cfg, log) or {}
+        info["seconds"] = round(time.time() - t0, 1)
+        state.finish(stage, info)
+        log(f"[{stage}] done in {info['seconds']:.0f}s")
+    return state.data
+
+
+# ---------------------------------------------------------------------------------------------------- stages
+
+
+def _stage_analysers(out: Path, cfg: PretrainConfig, log) -> dict:
+    from .style import train_style
+    from .train_analysers import AnalyserTrainConfig, train_and_save
+
+    info = {}
+    for kind in ("train", "eval"):
+        if (out / "analysers" / kind / "config.json").is_file():
+            log(f"[analysers] {kind} set exists, kept")
+            continue
+        acfg = AnalyserTrainConfig(
+            kind=kind, identity_steps=cfg.analyser_identity_steps, face_steps=cfg.analyser_face_steps
+        )
+        if cfg.analyser_identity_steps < 50:  # quick mode: tiny batches and evaluations
+            acfg.p_ids, acfg.k_per_id, acfg.face_batch, acfg.eval_people, acfg.eval_face_n = 4, 2, 8, 10, 40
+        info[kind] = train_and_save(out / "analysers", acfg, log)["heldout_identity"]
+    info["style"] = train_style(out / "analysers" / "eval", cfg.style_steps, log)
+    return info
+
+
+def _data_paths(out: Path) -> tuple[Path, Path, Path]:
+    return out / "data_images.npy", out / "data_crops.npy", out / "data_captions.json"
+
+
+def _stage_data(out: Path, cfg: PretrainConfig, log) -> dict:
+    portraits = sample_portraits(cfg.n_images, cfg.seed + 1000, TRAIN_IDS)
+    images = np.zeros((len(portraits), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    crops = np.zeros_like(images)
+    captions, crop_captions = [], []
+    for k in tqdm(range(0, len(portraits), 256), desc="render", leave=False):
+        batch = portraits[k : k + 256]
+        arr = render_array(batch, IMAGE_SIZE)
+        images[k : k + len(batch)] = (arr * 255 + 0.5).astype(np.uint8)
+        for j, (p, a) in enumerate(zip(batch, arr, strict=True)):
+            crops[k + j] = (masked_face_crop(a, face_geometry(p, IMAGE_SIZE)["box"]) * 255 + 0.5).astype(np.uint8)
+            captions.append(p.caption())
+            crop_captions.append(_crop_caption(p))
+    pi, pc, pt = _data_paths(out)
+    np.save(pi, images)
+    np.save(pc, crops)
+    pt.write_text(json.dumps({"captions": captions, "crop_captions": crop_captions}))
+    return {"n_images": len(portraits), "seed": cfg.seed + 1000}
+
+
+def _crop_caption(p) -> str:
+    word = TEMPLATE_WORDS[nearest_template(p.expression)]
+    return f"a {word} person with {p.identity.eye_colour} eyes"
+
+
+def _load_data(out: Path):
+    pi, pc, pt = _data_paths(out)
+    caps = json.loads(pt.read_text())
+    return np.load(pi, mmap_mode="r"), np.load(pc, mmap_mode="r"), caps["captions"], caps["crop_captions"]
+
+
+def _to_unit(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(np.array(images, dtype=np.float32)).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def _stage_vae(out: Path, cfg: PretrainConfig, log) -> dict:
+    images, _, _, _ = _load_data(out)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    vae = make_vae().train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    bar = tqdm(range(cfg.vae_steps), desc="vae", mininterval=5)
+    c = cfg.vae_crop
+    for step in bar:
+        _lr(opt, step, cfg.vae_steps, cfg.vae_lr, warmup=50)
+        x = _to_unit(images[np.sort(rng.choice(len(images), cfg.vae_batch, replace=False))])
+        if c < IMAGE_SIZE:  # the VAE is fully convolutional: random 4-aligned crops train it 4x cheaper
+            oy, ox = (rng.integers(0, (IMAGE_SIZE - c) // 4 + 1, size=2) * 4).tolist()
+            x = x[:, :, oy : oy + c, ox : ox + c]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log(f"[vae] step {step}/{cfg.vae_steps} loss {loss.item():.4f}")
+    vae.eval()
+    with torch.no_grad():
+        idx = rng.choice(len(images), min(512, len(images)), replace=False)
+        x = _to_unit(images[np.sort(idx)])
+        lat = torch.cat([vae.encode(x[k : k + 64]).latent_dist.mean for k in range(0, len(x), 64)])
+        rec = torch.cat([vae.decode(lat[k : k + 64]).sample for k in range(0, len(x), 64)])
+        mae = (rec.clamp(-1, 1) - x).abs().mean().item() / 2.0
+    scaling = float(1.0 / lat.std().clamp(min=1e-3))
+    vae.register_to_config(scaling_factor=scaling)
+    vae.save_pretrained(out / "vae")
+    log(f"[vae] reconstruction MAE {mae:.4f} (of 1), scaling factor {scaling:.4f}")
+    return {"reconstruction_mae": mae, "scaling_factor": scaling, "steps": cfg.vae_steps, "batch": cfg.vae_batch}
+
+
+def _stage_clip(out: Path, cfg: PretrainConfig, log) -> dict:
+    from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionModelWithProjection
+
+    images, crops, captions, crop_captions = _load_data(out)
+    tok = world_tokenizer()
+    tok.save_pretrained(out / "tokenizer")
+    torch.manual_seed(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.seed + 1)
+    ccfg = CLIPConfig(
+        text_config=text_config(tok).to_dict(), vision_config=vision_config().to_dict(), projection_dim=64
+    )
+    model = CLIPModel(ccfg).train()
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    crop_ids = tok(
+        crop_captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    half = cfg.clip_batch // 2
+    bar = tqdm(range(cfg.clip_steps), desc="clip", mininterval=5)
+    for step in bar:
+        _lr(opt, step, cfg.clip_steps, 1e-3, warmup=50)
+        a = np.sort(rng.choice(len(images), half, replace=False))
+        b = np.sort(rng.choice(len(images), cfg.clip_batch - half, replace=False))
+        pix = torch.cat([clip_pixels(images[a] / 255.0), clip_pixels(crops[b] / 255.0)])
+        inp = torch.cat([ids.input_ids[a], crop_ids.input_ids[b]])
+        mask = torch.cat([ids.attention_mask[a], crop_ids.attention_mask[b]])
+        outp = model(input_ids=inp, attention_mask=mask, pixel_values=pix, return_loss=True)
+        opt.zero_grad(set_to_none=True)
+        outp.loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{outp.loss.item():.3f}")
+            log(f"[clip] step {step}/{cfg.clip_steps} loss {outp.loss.item():.3f}")
+    sd = model.state_dict()
+    text = CLIPTextModel(text_config(tok))
+    _load_from_prefixed(text, sd, "text_model.")
+    vision = CLIPVisionModelWithProjection(vision_config())
+    _load_from_prefixed(vision, sd, "vision_model.")
+    text.eval().save_pretrained(out / "text_encoder")
+    vision.eval().save_pretrained(out / "image_encoder")
+    # retrieval accuracy on held-in pairs as a sanity figure
+    with torch.no_grad():
+        model.eval()
+        a = np.sort(rng.choice(len(images), min(256, len(images)), replace=False))
+        o = model(
+            input_ids=ids.input_ids[a],
+            attention_mask=ids.attention_mask[a],
+            pixel_values=clip_pixels(images[a] / 255.0),
+        )
+        top1 = (o.logits_per_image.argmax(1) == torch.arange(len(a))).float().mean().item()
+    log(f"[clip] image->caption top-1 among {len(a)}: {top1:.3f}")
+    return {"steps": cfg.clip_steps, "batch": cfg.clip_batch, "retrieval_top1": top1, "final_loss": outp.loss.item()}
+
+
+def _load_from_prefixed(model, sd: dict, prefix: str) -> None:
+    """Load a tower of a ``CLIPModel`` state dict into a standalone model, whichever key layout the installed
+    transformers uses (with or without the ``text_model.``/``vision_model.`` prefix)."""
+    target = model.state_dict().keys()
+    picked = {}
+    for k in target:
+        for cand in (k, prefix + k, k.replace("vision_model.", prefix), prefix + k.split(".", 1)[-1]):
+            if cand in sd and sd[cand].shape == model.state_dict()[k].shape:
+                picked[k] = sd[cand]
+                break
+    missing = [k for k in target if k not in picked]
+    if missing:
+        raise RuntimeError(f"could not map CLIP weights for {missing[:3]}")
+    model.load_state_dict(picked, strict=True)
+
+
+def _encode_latents(out: Path, images, vae) -> torch.Tensor:
+    path = out / "data_latents.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    lat = []
+    with torch.no_grad():
+        for k in tqdm(range(0, len(images), 128), desc="encode latents", leave=False):
+            lat.append(vae.encode(_to_unit(images[k : k + 128])).latent_dist.mean * vae.config.scaling_factor)
+    lat = torch.cat(lat)
+    np.save(path, lat.numpy())
+    return lat
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("unet-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    images, _, captions, _ = _load_data(out)
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    text = CLIPTextModel.from_pretrained(out / "text_encoder").eval().requires_grad_(False)
+    latents = _encode_latents(out, images, vae)
+    del vae
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+    noise_sched = DDPMScheduler.from_config(make_scheduler().config)
+    alphas = noise_sched.alphas_cumprod
+    start = 0
+    ckpts = _checkpoints(out)
+    if ckpts:
+        unet = UNet2DConditionModel.from_pretrained(ckpts[-1])
+        start = int(ckpts[-1].name.split("-")[1])
+        log(f"[unet] resuming from {ckpts[-1].name}")
+    else:
+        torch.manual_seed(cfg.seed + 2)
+        unet = make_unet()
+    unet.train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
+    rng = np.random.default_rng(cfg.seed + 3 + start)
+    losses: list[float] = []
+    bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps, mininterval=5)
+    t0 = time.time()
+    for step in bar:
+        _lr(opt, step, cfg.unet_steps, cfg.unet_lr, warmup=100)
+        idx = torch.from_numpy(rng.choice(len(latents), cfg.unet_batch, replace=False))
+        z0 = latents[idx]
+        inp = ids.input_ids[idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+        inp[drop] = empty
+        with torch.no_grad():
+            cond = text(inp).last_hidden_state
+        noise = torch.randn(z0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        zt = noise_sched.add_noise(z0, noise, t)
+        pred = unet(zt, t, cond).sample
+        snr = alphas[t] / (1 - alphas[t])
+        w = torch.clamp(snr, max=5.0) / snr
+        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
+        if step % 100 == 0:
+            log(f"[unet] step {step}/{cfg.unet_steps} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
+        done = step + 1
+        if done % cfg.ckpt_every == 0 or done == cfg.unet_steps:
+            path = out / "checkpoints" / f"unet-{done}"
+            unet.save_pretrained(path)
+            for old in _checkpoints(out)[:-2]:  # keep the last two
+                shutil.rmtree(old)
+    unet.eval().save_pretrained(out / "unet")
+    return {"steps": cfg.unet_steps, "batch": cfg.unet_batch, "final_loss": float(np.mean(losses[-100:] or [0]))}
+
+
+def _stage_assemble(out: Path, cfg: PretrainConfig, log) -> dict:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_pretrained(out / "vae"),
+        text_encoder=CLIPTextModel.from_pretrained(out / "text_encoder"),
+        tokenizer=CLIPTokenizer.from_pretrained(out / "tokenizer"),
+        unet=UNet2DConditionModel.from_pretrained(out / "unet"),
+        scheduler=make_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=CLIPVisionModelWithProjection.from_pretrained(out / "image_encoder"),
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out / "base")
+    size = sum(f.stat().st_size for f in (out / "base").rglob("*") if f.is_file())
+    log(f"[assemble] base pipeline in {out / 'base'} ({size / 1e6:.1f} MB)")
+    return {"path": str(out / "base"), "bytes": size}

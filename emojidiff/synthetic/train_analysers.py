@@ -1,0 +1,372 @@
+"""Training and evaluating the synthetic world's face analysers on renders made on the fly.
+
+* identity: supervised-contrastive metric learning on P people x K portraits per batch (fresh people every
+  step, random expression and style), so the embedding generalises to people never seen;
+* face: presence (renders vs non-faces), box, landmarks, expression factors and landmark ratios, with random
+  shifts, scales, blur and noise so that it also reads imperfect generated images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .factors import EXPRESSION_NAMES, EXPRESSION_RANGES, Identity, Portrait, Style, sample_expression
+from .nets import (
+    EXPR_HI,
+    EXPR_LO,
+    INPUT_SIZE,
+    OUT_BOX,
+    OUT_EXPR,
+    OUT_LMK,
+    OUT_PRESENCE,
+    OUT_RATIOS,
+    FaceNet,
+    IdentityNet,
+)
+from .render import RATIO_NAMES, face_geometry, render_array
+
+#: Identity ranges of the two analyser sets (disjoint), and the held-out range used to evaluate both.
+SPLITS = {"train": (0, 50_000), "eval": (50_000, 100_000)}
+HELDOUT = (1_000_000, 1_100_000)
+ARCH = {"train": "plain", "eval": "res"}
+SEED = {"train": 0, "eval": 1}
+
+
+@dataclass
+class AnalyserTrainConfig:
+    kind: str = "train"  # "train" or "eval" set
+    identity_steps: int = 1500
+    face_steps: int = 1500
+    p_ids: int = 24
+    k_per_id: int = 4
+    face_batch: int = 96
+    lr: float = 2e-3
+    temperature: float = 0.1
+    eval_people: int = 200
+    eval_face_n: int = 1000
+
+
+def _to_tensor(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).contiguous()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0):
+    """Random scale/shift, blur, noise, brightness. Returns the images and the (scale, tx, ty) per image, in
+    normalised [-1, 1] coordinates, mapping output coordinates to input ones: p_in = s * p_out + t."""
+    b = x.shape[0]
+    s = 1.0 + (torch.rand(b, generator=gen) - 0.5) * 0.16 * strength
+    t = (torch.rand(b, 2, generator=gen) - 0.5) * 0.14 * strength
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = s
+    theta[:, 1, 1] = s
+    theta[:, :, 2] = t
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    blur = torch.rand(b, generator=gen) < 0.3 * strength
+    if blur.any():
+        x[blur] = F.avg_pool2d(x[blur], 3, 1, 1, count_include_pad=False)
+    x = x * (1.0 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2 * strength)
+    x = x + torch.randn(x.shape, generator=gen) * torch.rand(b, 1, 1, 1, generator=gen) * 0.03 * strength
+    return x.clamp(0, 1), s, t
+
+
+def _pixels_to_out(p: torch.Tensor, s: torch.Tensor, t: torch.Tensor, size: int) -> torch.Tensor:
+    """Points (B, K, 2) in input pixels -> fractions of the augmented image."""
+    n = p / size * 2.0 - 1.0
+    n = (n - t[:, None, :]) / s[:, None, None]
+    return (n + 1.0) / 2.0
+
+
+def identity_batch(rng: np.random.Generator, cfg: AnalyserTrainConfig, id_range) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = rng.choice(np.arange(*id_range), size=cfg.p_ids, replace=False)
+    ps = []
+    labels = []
+    for k, iid in enumerate(ids):
+        ident = Identity.from_id(int(iid))
+        for _ in range(cfg.k_per_id):
+            ps.append(Portrait(int(iid), ident, sample_expression(rng), Style.sample(rng)))
+            labels.append(k)
+    return _to_tensor(render_array(ps, INPUT_SIZE)), torch.tensor(labels)
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    sim = z @ z.t() / temperature
+    eye = torch.eye(len(z), dtype=torch.bool)
+    sim = sim.masked_fill(eye, -1e9)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    logp = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    return -(logp * pos).sum(1).div(pos.sum(1).clamp(min=1)).mean()
+
+
+def _negatives(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Non-faces made from faces: patch shuffles, upside-down, smooth noise, and flat colour fields."""
+    b = x.shape[0]
+    out = x.clone()
+    kind = torch.randint(0, 4, (b,), generator=gen)
+    for i in range(b):
+        k = int(kind[i])
+        if k == 0:  # shuffle a 4x4 or 8x8 grid of patches
+            g = 4 if torch.rand(1, generator=gen).item() < 0.5 else 8
+            ps = INPUT_SIZE // g
+            patches = x[i].unfold(1, ps, ps).unfold(2, ps, ps).reshape(3, g * g, ps, ps)
+            patches = patches[:, torch.randperm(g * g, generator=gen)]
+            out[i] = patches.reshape(3, g, g, ps, ps).permute(0, 1, 3, 2, 4).reshape(3, INPUT_SIZE, INPUT_SIZE)
+        elif k == 1:
+            out[i] = x[i].flip(1)
+        elif k == 2:
+            r = int(torch.randint(2, 9, (1,), generator=gen))
+            low = torch.rand(1, 3, r, r, generator=gen)
+            out[i] = F.interpolate(low, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)[0]
+        else:  # the portrait's background colour everywhere, with a blob
+            bg = x[i, :, 2, 2].view(3, 1, 1)
+            out[i] = bg.expand(3, INPUT_SIZE, INPUT_SIZE).clone()
+            yy, xx = torch.meshgrid(torch.arange(INPUT_SIZE), torch.arange(INPUT_SIZE), indexing="ij")
+            c = torch.rand(2, generator=gen) * INPUT_SIZE
+            r = 8 + torch.rand(1, generator=gen) * 20
+            blob = ((yy - c[0]) ** 2 + (xx - c[1]) ** 2 < r**2).float()
+            out[i] = out[i] * (1 - blob) + torch.rand(3, 1, 1, generator=gen) * blob
+    return out
+
+
+def face_targets(ps: list[Portrait]) -> dict[str, torch.Tensor]:
+    geo = [face_geometry(p, INPUT_SIZE) for p in ps]
+    box = torch.tensor([g["box"] for g in geo], dtype=torch.float32).view(-1, 2, 2)
+    lmk = torch.tensor(np.stack([g["landmarks"] for g in geo]), dtype=torch.float32)
+    expr = torch.tensor(np.stack([p.expression.to_vector() for p in ps]), dtype=torch.float32)
+    ratios = torch.tensor([[g["ratios"][n] for n in RATIO_NAMES] for g in geo], dtype=torch.float32)
+    return {"box": box, "landmarks": lmk, "expression": expr, "ratios": ratios}
+
+
+def gaze_visibility(expr: torch.Tensor) -> torch.Tensor:
+    """Gaze cannot be seen when both eyes are closed: weight of the gaze factors per sample."""
+    i_l, i_r = EXPRESSION_NAMES.index("eye_open_l"), EXPRESSION_NAMES.index("eye_open_r")
+    return ((torch.maximum(expr[:, i_l], expr[:, i_r]) - 0.1) / 0.2).clamp(0, 1)
+
+
+def _expr_weights(expr: torch.Tensor) -> torch.Tensor:
+    w = torch.ones_like(expr)
+    vis = gaze_visibility(expr)
+    for name in ("gaze_x", "gaze_y"):
+        w[:, EXPRESSION_NAMES.index(name)] = vis
+    return w
+
+
+def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int) -> torch.Tensor:
+    raw = net.raw(x)
+    labels = torch.zeros(len(x))
+    labels[:n_pos] = 1.0
+    loss = F.binary_cross_entropy_with_logits(raw[:, OUT_PRESENCE].squeeze(1), labels)
+    r = raw[:n_pos]
+    box = _pixels_to_out(tg["box"], s, t, INPUT_SIZE).reshape(-1, 4)
+    lmk = _pixels_to_out(tg["landmarks"], s, t, INPUT_SIZE).reshape(-1, 10)
+    loss = loss + F.smooth_l1_loss(r[:, OUT_BOX], (box - 0.5) / 0.25, beta=0.05)
+    loss = loss + F.smooth_l1_loss(r[:, OUT_LMK], (lmk - 0.5) / 0.25, beta=0.05)
+    target = (tg["expression"] - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
+    w = _expr_weights(tg["expression"])
+    loss = loss + 2.0 * (F.smooth_l1_loss(r[:, OUT_EXPR], target, reduction="none", beta=0.05) * w).mean()
+    rt = (tg["ratios"] - net.ratio_mean) / net.ratio_std
+    loss = loss + F.smooth_l1_loss(r[:, OUT_RATIOS], rt, beta=0.05)
+    return loss
+
+
+def _cosine_lr(opt, step: int, total: int, base: float, warmup: int = 50) -> None:
+    lr = base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+def train_identity(
+    cfg: AnalyserTrainConfig, log=print, init: IdentityNet | None = None, round_: int = 0
+) -> IdentityNet:
+    """Train the identity net from scratch, or continue ``init`` (``round_`` > 0 draws fresh data)."""
+    torch.manual_seed(SEED[cfg.kind] + round_)
+    rng = np.random.default_rng(100 + SEED[cfg.kind] + 1000 * round_)
+    gen = torch.Generator().manual_seed(200 + SEED[cfg.kind] + 1000 * round_)
+    net = IdentityNet(ARCH[cfg.kind]) if init is None else init.requires_grad_(True)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    net.train()
+    t0 = time.time()
+    for step in range(cfg.identity_steps):
+        _cosine_lr(opt, step, cfg.identity_steps, cfg.lr)
+        x, labels = identity_batch(rng, cfg, SPLITS[cfg.kind])
+        x, _, _ = _augment(x, gen, 0.7)
+        loss = supcon_loss(net(x), labels, cfg.temperature)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == cfg.identity_steps - 1:
+            took = time.time() - t0
+            log(f"[{cfg.kind} identity] step {step}/{cfg.identity_steps} loss {loss.item():.3f} ({took:.0f}s)")
+    return net.eval()
+
+
+def train_face(cfg: AnalyserTrainConfig, log=print, init: FaceNet | None = None, round_: int = 0) -> FaceNet:
+    """Train the face net from scratch, or continue ``init`` (``round_`` > 0 draws fresh data)."""
+    torch.manual_seed(SEED[cfg.kind] + 10 + round_)
+    rng = np.random.default_rng(300 + SEED[cfg.kind] + 1000 * round_)
+    gen = torch.Generator().manual_seed(400 + SEED[cfg.kind] + 1000 * round_)
+    if init is None:
+        net = FaceNet(ARCH[cfg.kind])
+        probe = [_sample(rng, SPLITS[cfg.kind]) for _ in range(2000)]
+        ratios = face_targets(probe)["ratios"]
+        net.ratio_mean.copy_(ratios.mean(0))
+        net.ratio_std.copy_(ratios.std(0).clamp(min=1e-3))
+    else:
+        net = init.requires_grad_(True)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    net.train()
+    t0 = time.time()
+    n_pos = cfg.face_batch * 3 // 4
+    for step in range(cfg.face_steps):
+        _cosine_lr(opt, step, cfg.face_steps, cfg.lr)
+        ps = [_sample(rng, SPLITS[cfg.kind]) for _ in range(cfg.face_batch)]
+        x = _to_tensor(render_array(ps, INPUT_SIZE))
+        x = torch.cat([x[:n_pos], _negatives(x[n_pos:], gen)])
+        x, s, t = _augment(x, gen)
+        tg = face_targets(ps[:n_pos])
+        loss = face_loss(net, x, tg, s[:n_pos], t[:n_pos], n_pos)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == cfg.face_steps - 1:
+            log(f"[{cfg.kind} face] step {step}/{cfg.face_steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+    return net.eval()
+
+
+def _sample(rng: np.random.Generator, id_range) -> Portrait:
+    iid = int(rng.integers(*id_range))
+    return Portrait(iid, Identity.from_id(iid), sample_expression(rng), Style.sample(rng))
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (probability a positive pair outscores a negative one; ties count half)."""
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    s = scores[order]
+    # average ranks for ties
+    i = 0
+    r = np.arange(1, len(s) + 1, dtype=np.float64)
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        r[i : j + 1] = (i + j + 2) / 2.0
+        i = j + 1
+    ranks[order] = r
+    pos = labels.astype(bool)
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@torch.no_grad()
+def evaluate_identity(net: IdentityNet, n_ids: int = 200, per_id: int = 5, seed: int = 12345) -> dict:
+    """Verification on held-out people, each seen with random expressions and styles."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(np.arange(*HELDOUT), size=n_ids, replace=False)
+    ps = []
+    for iid in ids:
+        ident = Identity.from_id(int(iid))
+        ps += [Portrait(int(iid), ident, sample_expression(rng), Style.sample(rng)) for _ in range(per_id)]
+    x = _to_tensor(render_array(ps, INPUT_SIZE))
+    z = torch.cat([net(x[k : k + 256]) for k in range(0, len(x), 256)]).numpy()
+    lab = np.repeat(np.arange(n_ids), per_id)
+    iu = np.triu_indices(len(z), 1)
+    sims = (z @ z.T)[iu]
+    same = (lab[:, None] == lab[None, :])[iu]
+    return {
+        "verification_roc_auc": roc_auc(sims, same),
+        "mean_cos_same": float(sims[same].mean()),
+        "mean_cos_different": float(sims[~same].mean()),
+        "n_people": n_ids,
+        "per_person": per_id,
+    }
+
+
+@torch.no_grad()
+def evaluate_face(net: FaceNet, n: int = 1000, seed: int = 54321) -> dict:
+    """Expression MAE (fraction of each factor's range), ratio MAE, landmark error and presence accuracy on held-out
+    people; gaze is scored only where at least one eye is open (it is invisible otherwise)."""
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    ps = [_sample(rng, HELDOUT) for _ in range(n)]
+    x = _to_tensor(render_array(ps, INPUT_SIZE))
+    out = [net(x[k : k + 250]) for k in range(0, n, 250)]
+    pred = {k: torch.cat([o[k] for o in out]) for k in out[0]}
+    tg = face_targets(ps)
+    span = EXPR_HI - EXPR_LO
+    err = (pred["expression"] - tg["expression"]).abs() / span
+    w = _expr_weights(tg["expression"])
+    mae = (err * w).sum(0) / w.sum(0)
+    ratio_err = (pred["ratios"] - tg["ratios"]).abs().mean(0)
+    lmk_px = (pred["landmarks"] * INPUT_SIZE - tg["landmarks"]).norm(dim=-1).mean().item()
+    neg = _negatives(x[:500], gen)
+    pneg = torch.cat([net(neg[k : k + 250])["presence"] for k in range(0, len(neg), 250)])
+    return {
+        "expression_mae_frac": {n_: float(v) for n_, v in zip(EXPRESSION_NAMES, mae, strict=True)},
+        "expression_mae_frac_max": float(mae.max()),
+        "expression_mae_frac_mean": float(mae.mean()),
+        "ratio_mae": {n_: float(v) for n_, v in zip(RATIO_NAMES, ratio_err, strict=True)},
+        "landmark_error_px": lmk_px,
+        "presence_true_positive_rate": float((pred["presence"] > 0.5).float().mean()),
+        "presence_true_negative_rate": float((pneg < 0.5).float().mean()),
+        "n": n,
+        "ranges": {n_: [lo, hi] for n_, lo, hi in EXPRESSION_RANGES},
+    }
+
+
+def save_analysers(out: str | Path, kind: str, identity: IdentityNet, face: FaceNet, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    out = Path(out, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, net in (("identity", identity), ("face", face)):
+        sd = {
+            k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in net.state_dict().items()
+        }
+        save_file(sd, str(out / f"{name}.safetensors"))
+    cfg = {"kind": kind, "identity_arch": identity.arch, "face_arch": face.arch, "identity_dim": identity.dim, **info}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def train_and_save(out: str | Path, cfg: AnalyserTrainConfig, log=print) -> dict:
+    t0 = time.time()
+    ident = train_identity(cfg, log)
+    t1 = time.time()
+    face = train_face(cfg, log)
+    t2 = time.time()
+    id_metrics = evaluate_identity(ident, n_ids=cfg.eval_people)
+    face_metrics = evaluate_face(face, n=cfg.eval_face_n)
+    info = {
+        "train_config": asdict(cfg),
+        "identity_ids": list(SPLITS[cfg.kind]),
+        "seed": SEED[cfg.kind],
+        "identity_train_seconds": round(t1 - t0, 1),
+        "face_train_seconds": round(t2 - t1, 1),
+        "heldout_identity": id_metrics,
+        "heldout_face": face_metrics,
+    }
+    save_analysers(out, cfg.kind, ident, face, info)
+    log(json.dumps({"identity": id_metrics, "face_mae_max": face_metrics["expression_mae_frac_max"]}))
+    return info
+
+
+if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --stages analysers` is the usual way
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", choices=["train", "eval"], required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--identity-steps", type=int, default=2000)
+    ap.add_argument("--face-steps", type=int, default=2500)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    train_and_save(a.out, AnalyserTrainConfig(kind=a.kind, identity_steps=a.identity_steps, face_steps=a.face_steps))

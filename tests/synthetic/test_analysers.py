@@ -1,0 +1,102 @@
+"""The shipped analysers: protocol, render -> analyse round trips close to the truth, differentiability."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emojidiff.faces import FaceAnalyzer, get_face_analyzer
+from emojidiff.synthetic import TEMPLATES, Identity, Portrait, Style, face_geometry, render
+from emojidiff.synthetic.base_model import ANALYSERS_DIR
+from emojidiff.synthetic.factors import EXPRESSION_RANGES
+from emojidiff.synthetic.render import RATIO_NAMES
+
+pytestmark = pytest.mark.skipif(
+    not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analyser weights are absent"
+)
+
+HELD_OUT = [1_000_003, 1_000_017, 1_000_042, 1_000_099]
+CASES = ["smile", "surprise", "wink_left", "frown", "sceptical", "neutral", "grin", "sleepy"]
+
+
+def _portraits():
+    styles = [
+        Style("blue", "flat"),
+        Style("green", "shaded", glasses="round"),
+        Style("pink", "sketch"),
+        Style("orange", "flat", "pastel", hat="red"),
+    ]
+    return [
+        Portrait(iid, Identity.from_id(iid), TEMPLATES[name], styles[k % len(styles)])
+        for k, (iid, name) in enumerate(zip(HELD_OUT * 2, CASES, strict=True))
+    ]
+
+
+@pytest.mark.parametrize("backend", ["synthetic", "synthetic-eval"])
+def test_protocol_and_round_trip(backend):
+    fa = get_face_analyzer(backend)
+    assert isinstance(fa, FaceAnalyzer) and fa.name == backend and fa.identity_dim == 512
+    errs = []
+    for p in _portraits():
+        img = render(p, 64)
+        faces = fa.detect(img)
+        assert len(faces) == 1 and faces[0].score > 0.5
+        truth = face_geometry(p, 64)
+        assert np.abs(np.array(faces[0].box) - np.array(truth["box"])).max() < 4.0  # pixels at 64 px
+        got = fa.measure_expression(img, faces[0])
+        assert {f"ratio_{n}" for n in RATIO_NAMES} <= set(got)
+        for name, lo, hi in EXPRESSION_RANGES:
+            if name.startswith("gaze") and max(p.expression.eye_open_l, p.expression.eye_open_r) < 0.3:
+                continue  # gaze is invisible with both eyes closed
+            errs.append(abs(got[name] - getattr(p.expression, name)) / (hi - lo))
+        emb = fa.identity_embedding(img, faces[0])
+        assert emb.shape == (512,) and abs(np.linalg.norm(emb) - 1) < 1e-4
+    assert np.mean(errs) < 0.05 and np.max(errs) < 0.3
+
+
+@pytest.mark.parametrize("backend", ["synthetic", "synthetic-eval"])
+def test_identity_separates_people_across_expressions_and_styles(backend):
+    fa = get_face_analyzer(backend)
+    ps = _portraits()
+    embs = np.stack([fa.identity_embedding(render(p, 64), None) for p in ps])
+    sims = embs @ embs.T
+    same = [sims[i, i + 4] for i in range(4)]  # same person, other expression and style
+    diff = [sims[i, j] for i in range(4) for j in range(4) if i != j]
+    assert min(same) > max(diff) - 0.05 and np.mean(same) > np.mean(diff) + 0.3
+
+
+def test_non_faces_are_rejected_and_crops_are_masked():
+    fa = get_face_analyzer("synthetic")
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8))
+    assert fa.detect(noise) == []
+    blank = Image.new("RGB", (64, 64), (80, 120, 200))
+    assert fa.detect(blank) == []
+    img = render(_portraits()[0], 128)
+    face = fa.detect(img)[0]
+    crop = np.asarray(fa.expression_crop(img, face))
+    assert crop.shape[0] == crop.shape[1] and crop[:4, :4].max() == 0  # outside the face ellipse is black
+    mask = fa.face_mask(img, face)
+    assert mask.shape == (128, 128) and mask[64, 64] == 1.0 and mask[0, 0] == 0.0
+
+
+def test_torch_entry_points_are_differentiable():
+    from emojidiff.synthetic.analysers import SyntheticAnalysers, pil_to_tensor
+
+    nets = SyntheticAnalysers("train")
+    x = torch.cat([pil_to_tensor(render(p, 96)) for p in _portraits()[:2]]).requires_grad_(True)
+    e = nets.expression(x)
+    assert e.shape == (2, 13)
+    (e.sum() + nets.identity(x).sum() + nets.ratios(x).sum() + nets.presence(x).sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in nets.parameters())
+
+
+def test_eval_set_is_independent():
+    from emojidiff.synthetic.analysers import SyntheticAnalysers
+
+    a, b = SyntheticAnalysers("train"), SyntheticAnalysers("eval")
+    assert a.config["identity_arch"] != b.config["identity_arch"]
+    assert a.config["identity_ids"] != b.config["identity_ids"]
