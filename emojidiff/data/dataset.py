@@ -98,12 +98,12 @@ class TripletDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
-    return {
-        "pixels": torch.stack([x["pixels"] for x in items]),
-        "prompt": [x["prompt"] for x in items],
-        "identity": torch.stack([x["identity"] for x in items]),
-        "expression": torch.stack([x["expression"] for x in items]),
-    }
+    """Stack tensor fields, keep the others as lists (subclassed datasets may add fields, e.g. ICA's)."""
+    out: dict = {}
+    for k in items[0]:
+        vals = [x[k] for x in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
 
 
 __all__ = ["EncodingCache", "TripletDataset", "collate", "is_embedding_path", "target_pixels"]

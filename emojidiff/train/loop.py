@@ -206,6 +206,13 @@ class Trainer:
         return self.diffusion_loss(batch, gen)
 
     # ------------------------------------------------------------------ checkpoints
+    def extra_state(self) -> dict:
+        """JSON-able state a subclass keeps across resumes (e.g. ICA's adaptive timestep range). Stage 1: none."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
     def checkpoint_dir(self, step: int) -> Path:
         return Path(self.cfg.output_dir) / f"checkpoint-{step}"
 
@@ -221,7 +228,8 @@ class Trainer:
                       str(tmp / TRAINABLE_FILE))  # fmt: skip
             torch.save({"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()},
                        tmp / "optimizer.pt")  # fmt: skip
-            (tmp / STATE_FILE).write_text(json.dumps({"global_step": self.global_step, "config": self.cfg.to_dict()}))
+            state = {"global_step": self.global_step, "config": self.cfg.to_dict(), "extra": self.extra_state()}
+            (tmp / STATE_FILE).write_text(json.dumps(state))
             self.export_adapter(tmp / "adapter")
             shutil.rmtree(d, ignore_errors=True)
             tmp.replace(d)  # atomic: a checkpoint folder is complete or absent
@@ -258,7 +266,9 @@ class Trainer:
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)  # a file this loop wrote
         self.optimizer.load_state_dict(opt["optimizer"])
         self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
-        self.global_step = json.loads((path / STATE_FILE).read_text())["global_step"]
+        state = json.loads((path / STATE_FILE).read_text())
+        self.global_step = state["global_step"]
+        self.load_extra_state(state.get("extra") or {})
         self.accelerator.print(f"resumed from {path} at step {self.global_step}")
 
     def export_adapter(self, out: str | Path) -> None:
@@ -306,7 +316,12 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ loop
-    def train(self, resume: str | None = None) -> Path:
+    def train(self, resume: str | None = None, end_training: bool = True) -> Path:
+        """Train to ``max_steps`` (from ``resume``: ``latest`` or a checkpoint folder); returns the final adapter folder.
+
+        ``end_training=False`` finishes the trackers but keeps the process group alive, for callers (IDI rounds) that
+        go on synchronising processes afterwards.
+        """
         cfg, acc = self.cfg, self.accelerator
         if resume:
             self.load_checkpoint(resume)
@@ -353,5 +368,9 @@ class Trainer:
         final = Path(cfg.output_dir) / "adapter"
         if acc.is_main_process:
             self.export_adapter(final)
-        acc.end_training()
+        if end_training:
+            acc.end_training()
+        else:
+            for tracker in acc.trackers:
+                tracker.finish()
         return final
