@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,23 +37,41 @@ class Triplet:
         return json.dumps({**d, **meta}, sort_keys=True)
 
 
-def read_manifest(path: str | os.PathLike) -> list[Triplet]:
-    """Read a triplet manifest, resolving relative paths against its folder."""
+def read_jsonl(path: str | os.PathLike, what: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-empty line, with one-line errors naming the file and the line."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"manifest '{path}' does not exist")
-    root = path.parent
-    out: list[Triplet] = []
+        raise InputError(f"{what} '{path}' does not exist")
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             d = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InputError(f"manifest '{path}' line {n} is not valid JSON ({e.msg})") from None
-        missing = [k for k in ("template", "identity", "target") if k not in d]
+            raise InputError(f"{what} '{path}' line {n} is not valid JSON ({e.msg})") from None
+        if not isinstance(d, dict):
+            raise InputError(f"{what} '{path}' line {n} is not a JSON object")
+        missing = [k for k in required if k not in d]
         if missing:
-            raise InputError(f"manifest '{path}' line {n} lacks {', '.join(missing)}")
+            raise InputError(f"{what} '{path}' line {n} lacks {', '.join(missing)}")
+        yield n, d
+
+
+def write_jsonl(path: str | os.PathLike, lines: list[str]) -> None:
+    """Write JSON lines atomically (temp file + rename): readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)
+
+
+def read_manifest(path: str | os.PathLike) -> list[Triplet]:
+    """Read a triplet manifest, resolving relative paths against its folder."""
+    path = Path(path)
+    root = path.parent
+    out: list[Triplet] = []
+    for _, d in read_jsonl(path, "manifest", ("template", "identity", "target")):
         ident = d.pop("identity")
         ident = [ident] if isinstance(ident, str) else list(ident)
         resolve = lambda p: str(p) if os.path.isabs(p) else str(root / p)  # noqa: E731
@@ -71,10 +90,6 @@ def read_manifest(path: str | os.PathLike) -> list[Triplet]:
 
 
 def write_manifest(path: str | os.PathLike, triplets: list[Triplet]) -> None:
-    """Write atomically (temp file + rename), with paths relative to the manifest's folder where possible."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    root = path.parent.resolve()
-    tmp.write_text("".join(t.to_json(root) + "\n" for t in triplets))
-    tmp.replace(path)
+    """Write atomically, with paths relative to the manifest's folder."""
+    root = Path(path).parent.resolve()
+    write_jsonl(path, [t.to_json(root) for t in triplets])

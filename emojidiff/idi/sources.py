@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.manifest import read_jsonl, write_jsonl
 from ..errors import InputError
 
 
@@ -26,21 +27,8 @@ class SourceImage:
 def read_sources(path: str | os.PathLike, what: str = "source manifest") -> list[SourceImage]:
     """Read a source manifest (JSONL with ``image`` and ``person``), with one-line errors naming file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} '{path}' does not exist")
     out: list[SourceImage] = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{what} '{path}' line {n} is not valid JSON ({e.msg})") from None
-        if not isinstance(d, dict):
-            raise InputError(f"{what} '{path}' line {n} is not a JSON object")
-        missing = [k for k in ("image", "person") if k not in d]
-        if missing:
-            raise InputError(f"{what} '{path}' line {n} lacks {', '.join(missing)}")
+    for n, d in read_jsonl(path, what, ("image", "person")):
         raw = str(d.pop("image"))
         image = raw if os.path.isabs(raw) else str(path.parent / raw)
         if not os.path.isfile(image):
@@ -62,8 +50,4 @@ def read_sources(path: str | os.PathLike, what: str = "source manifest") -> list
 
 def write_sources(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write a source manifest atomically (rows are dicts with at least ``image`` and ``person``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    tmp.replace(path)
+    write_jsonl(path, [json.dumps(r, sort_keys=True) for r in rows])
