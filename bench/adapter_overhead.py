@@ -28,13 +28,23 @@ FAMILIES = {"sd15": (SD15_UNET, 512), "sdxl": (SDXL_UNET, 768)}
 
 
 def _timed(fn, device) -> float:
+    """Seconds one call takes: wall time on a GPU; on a CPU, the process's CPU time.
+
+    CPU time is what a step costs; wall time on a shared machine also counts the time other processes held the cores,
+    which is noise here (2 shared cores). Wall times are kept too, in ``_WALL``.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    _WALL.append(wall)
+    return wall if device.type == "cuda" else cpu
+
+
+_WALL: list[float] = []
 
 
 @torch.no_grad()
@@ -83,7 +93,8 @@ def bench_family(family: str, repeats: int, device, dtype, resolution: int | Non
         kw = dict(added, image_embeds=ip) if adapter else added
         unet(sample, 500, encoder_hidden_states=text, added_cond_kwargs=kw)
 
-    times = {False: [], True: []}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    walls: dict[bool, list[float]] = {False: [], True: []}
     for flag in (False, True):  # warm-up, not recorded
         use(flag)
         _timed(lambda f=flag: step(f), device)
@@ -91,6 +102,7 @@ def bench_family(family: str, repeats: int, device, dtype, resolution: int | Non
         for flag in (False, True) if r % 2 == 0 else (True, False):
             use(flag)
             times[flag].append(_timed(lambda f=flag: step(f), device))
+            walls[flag].append(_WALL[-1])
     base, ours = statistics.median(times[False]), statistics.median(times[True])
     n_adapter = sum(p.numel() for n, p in unet.named_parameters() if "_ip" in n) + sum(
         p.numel() for p in hid_proj.parameters()
@@ -99,14 +111,75 @@ def bench_family(family: str, repeats: int, device, dtype, resolution: int | Non
         "family": family,
         "resolution": res,
         "build_s": round(build_s, 2),
+        "clock": "wall" if device.type == "cuda" else "process CPU time",
         "step_s_without": [round(t, 4) for t in times[False]],
         "step_s_with": [round(t, 4) for t in times[True]],
+        "wall_s_without": [round(t, 4) for t in walls[False]],
+        "wall_s_with": [round(t, 4) for t in walls[True]],
         "median_without_s": round(base, 4),
         "median_with_s": round(ours, 4),
         "overhead_pct": round(100 * (ours / base - 1), 2),
         "adapter_params": n_adapter,
         "expression_layers": len(cfg.expression_layers),
     }
+
+
+@torch.no_grad()
+def count_flops(family: str, resolution: int | None, exp_layers: str = "all") -> dict:
+    """Exact FLOPs of one UNet call (batch 2) with and without the adapter, counted on the meta device.
+
+    Unlike timings on a shared CPU, this is deterministic: it is the compute the adapter adds, whatever the machine.
+    """
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from emojidiff.adapter import layer_scale_dict, make_config
+    from emojidiff.adapter.layers import cross_attention_processors
+    from emojidiff.adapter.weights import build_expression_projection, build_identity_projection
+
+    unet_cfg, default_res = FAMILIES[family]
+    res = resolution or default_res
+    meta = torch.device("meta")
+    with meta:
+        unet = UNet2DConditionModel(**unet_cfg).eval()
+    unet.set_attn_processor(AttnProcessor2_0())
+    cfg = make_config(unet, expression_embed_dim=VIT_H["hidden_size"], expression_layers=exp_layers)
+    lat, d = res // 8, unet_cfg["cross_attention_dim"]
+    sample, text = torch.randn(2, 4, lat, lat, device=meta), torch.randn(2, 77, d, device=meta)
+    added = {}
+    if family == "sdxl":
+        added = {"text_embeds": torch.randn(2, 1280, device=meta), "time_ids": torch.randn(2, 6, device=meta)}
+
+    def flops(**extra) -> int:
+        with FlopCounterMode(display=False) as fc:
+            unet(sample, 500, encoder_hidden_states=text, added_cond_kwargs={**added, **extra})
+        return fc.get_total_flops()
+
+    base = flops()
+    sizes = dict(zip(cross_attention_processors(unet), cfg.hidden_sizes, strict=True))
+    with meta:
+        procs = {n: IPAdapterAttnProcessor2_0(sizes[n], d, num_tokens=(4, cfg.expression_tokens), scale=[1.0, 1.0])
+                 if n in sizes else AttnProcessor2_0() for n in unet.attn_processors}  # fmt: skip
+        proj = MultiIPAdapterImageProjection([build_identity_projection(cfg), build_expression_projection(cfg)])
+    unet.set_attn_processor(procs)
+    unet.encoder_hid_proj, unet.config.encoder_hid_dim_type = proj, "ip_image_proj"
+    # the expression-layer map as diffusers applies it: per-block scales, 0 outside the map (those layers skip it)
+    from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
+
+    exp_scales = _maybe_expand_lora_scales(unet, [layer_scale_dict(cfg.expression_layers, cfg.attention_blocks, 1.0)],
+                                           default_scale=0.0)[0]  # fmt: skip
+    for n in sizes:
+        procs_scale = [1.0, next((s for k, s in exp_scales.items() if n.startswith(k)), 0.0)]
+        unet.attn_processors[n].scale = procs_scale
+    ip = [
+        torch.randn(2, 1, cfg.identity_dim, device=meta),
+        torch.randn(2, 1, 257, cfg.expression_embed_dim, device=meta),
+    ]
+    ours = flops(image_embeds=ip)
+    return {"family": family, "resolution": res, "expression_layers": exp_layers, "tflops_without": base / 1e12,
+            "tflops_with": ours / 1e12, "flops_overhead_pct": round(100 * (ours / base - 1), 3)}  # fmt: skip
 
 
 @torch.no_grad()
@@ -165,6 +238,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=None, help="pixels (default: 512 for sd15, 768 for sdxl)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--flops-only", action="store_true", help="count FLOPs (seconds, exact) and skip the timings")
     ap.add_argument("--skip-encodings", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args()
@@ -175,17 +249,26 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "dtype": str(dtype),
         "torch": torch.__version__,
+        "flops": [],
         "results": [],
     }
     for fam in args.family:
-        r = bench_family(fam, args.repeats, device, dtype, args.resolution)
-        out["results"].append(r)
-        print(f"{fam} {r['resolution']}px: {r['median_without_s']:.3f}s -> {r['median_with_s']:.3f}s per step "
-              f"({r['overhead_pct']:+.2f}%), adapter {r['adapter_params'] / 1e6:.1f}M params", flush=True)  # fmt: skip
-    if not args.skip_encodings:
-        out["encodings"] = bench_encodings(device, dtype, args.repeats)
-        out["cache"] = bench_cache(args.repeats)
-        print(json.dumps({**out["encodings"], **out["cache"]}), flush=True)
+        for layers in ("all", "none"):
+            r = count_flops(fam, args.resolution, layers)
+            out["flops"].append(r)
+            print(f"{fam} {r['resolution']}px, expression layers {layers}: {r['tflops_without']:.3f} -> "
+                  f"{r['tflops_with']:.3f} TFLOP per step ({r['flops_overhead_pct']:+.2f}%)", flush=True)  # fmt: skip
+    if not args.flops_only:
+        for fam in args.family:
+            r = bench_family(fam, args.repeats, device, dtype, args.resolution)
+            out["results"].append(r)
+            print(f"{fam} {r['resolution']}px: {r['median_without_s']:.3f}s -> {r['median_with_s']:.3f}s per step "
+                  f"({r['overhead_pct']:+.2f}%, {r['clock']}), adapter {r['adapter_params'] / 1e6:.1f}M params",
+                  flush=True)  # fmt: skip
+        if not args.skip_encodings:
+            out["encodings"] = bench_encodings(device, dtype, args.repeats)
+            out["cache"] = bench_cache(args.repeats)
+            print(json.dumps({**out["encodings"], **out["cache"]}), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")
