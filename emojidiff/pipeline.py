@@ -20,6 +20,7 @@ from .adapter.config import EmojiDiffConfig, UNetSignature
 from .adapter.core import load_adapter_into, meta_unet, read_unet_config, resolve_adapter
 from .adapter.image_encoder import encode_pixels, image_processor, preprocess
 from .adapter.layers import layer_scale_dict
+from .adapter.step_cache import StepCachedProjection, install_step_cache
 from .encode import LRU, FaceEncoder, IdentityInput, TemplateInput, image_key
 from .errors import AdapterError, InputError
 from .faces import get_face_analyzer
@@ -48,6 +49,7 @@ class EmojiDiffPipeline:
         self.__dict__["pipe"] = pipe  # set first: __getattr__ forwards to it
         self.adapter_path = resolve_adapter(adapter)
         self.config, self.image_encoder = load_adapter_into(pipe, adapter, base_name or "the given pipeline")
+        install_step_cache(pipe.unet)
         self.face_analyzer = get_face_analyzer(face_backend or self.config.face_backend)
         self.processor = image_processor(self.image_encoder.config.image_size)
         self.faces = FaceEncoder(self.face_analyzer, self.config.identity_dim)
@@ -226,19 +228,23 @@ class EmojiDiffPipeline:
         id_emb = None if identity is None else self.encode_identity(identity, face_index)
         exp_feats = None if expression is None else self.encode_expression(expression, face_index, template_is_crop)
         self.set_scales(id_scale if id_emb is not None else 0.0, exp_scale if exp_feats is not None else 0.0)
-        do_cfg = guidance_scale > 1 and self.pipe.unet.config.get("time_cond_proj_dim") is None
-        batch = len(prompt) if isinstance(prompt, list) else 1
         if generator is None and seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        return self.pipe(
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            ip_adapter_image_embeds=self.ip_adapter_embeds(id_emb, exp_feats, do_cfg, batch),
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            num_images_per_prompt=num_images,
-            height=height,
-            width=width,
-            **kwargs,
-        )
+        do_cfg = guidance_scale > 1 and self.pipe.unet.config.get("time_cond_proj_dim") is None
+        batch = len(prompt) if isinstance(prompt, list) else 1
+        try:
+            return self.pipe(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                ip_adapter_image_embeds=self.ip_adapter_embeds(id_emb, exp_feats, do_cfg, batch),
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=generator,
+                num_images_per_prompt=num_images,
+                height=height,
+                width=width,
+                **kwargs,
+            )
+        finally:  # the projections were computed once for all steps; free them
+            if isinstance(self.pipe.unet.encoder_hid_proj, StepCachedProjection):
+                self.pipe.unet.encoder_hid_proj.clear()

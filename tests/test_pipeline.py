@@ -206,3 +206,19 @@ def test_from_pipe_attaches_to_an_existing_pipeline(sd_base, sd_adapter):
     assert ours.pipe is pipe and ours.unet is pipe.unet
     out = ours("a portrait", identity=random_embedding(0), expression=random_image(1), seed=0, **KW)
     assert out.images.shape == (1, 64, 64, 3)
+
+
+def test_branch_projections_run_once_per_generation(sd_pipe):
+    """diffusers reruns the projections at every step; ours are cached for the call (same image, less work)."""
+    calls = []
+    layers = sd_pipe.unet.encoder_hid_proj.image_projection_layers
+    hook = layers[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        kw = {**KW, "num_inference_steps": 4}
+        sd_pipe("a portrait", identity=random_embedding(0), expression=random_image(1), seed=0, **kw)
+        assert len(calls) == 1
+        sd_pipe("a portrait", identity=random_embedding(0), expression=random_image(2), seed=0, **kw)
+        assert len(calls) == 2  # a new call, new embeddings: recomputed
+    finally:
+        hook.remove()
+    assert sd_pipe.unet.encoder_hid_proj._key is None  # nothing held between calls
