@@ -11,6 +11,10 @@ name                       detection / landmarks / mask / expression         ide
 ``mediapipe-buffalo_l``    MediaPipe                                         ``buffalo_l/w600k_r50.onnx``
 ``mediapipe-antelopev2``   MediaPipe                                         ``antelopev2/glintr100.onnx``
 ``mediapipe-arcface``      MediaPipe                                         arcface_torch IResNet (PyTorch)
+``insightface-buffalo_l``  SCRFD ``buffalo_l/det_10g.onnx`` (5 keypoints);   ``buffalo_l/w600k_r50.onnx``,
+                           FaceMesh landmarks/mask/expression if mediapipe   aligned on SCRFD's keypoints
+                           is installed, else 5-keypoint ellipse mask
+``insightface-antelopev2`` SCRFD ``antelopev2/scrfd_10g_bnkps.onnx``; same  ``antelopev2/glintr100.onnx``
 =========================  ================================================  ==============================
 
 Every factory fails with one line naming what is missing (package or model file).
@@ -96,6 +100,25 @@ def make_mediapipe_arcface():
     return _mp("mediapipe-arcface", TorchArcFaceRecognizer(models.require("arcface-torch")))
 
 
+def _insightface(pack: str):
+    from .insightface_backend import InsightFaceAnalyzer
+    from .scrfd import ScrfdDetector
+
+    name = f"insightface-{pack}"
+    detector = ScrfdDetector(models.require(f"{name}-detector", f"face backend '{name}' (SCRFD face detection)"))
+    return InsightFaceAnalyzer(detector, _onnx(pack), name=name)
+
+
+def make_insightface_buffalo_l():
+    """SCRFD (det_10g) + ArcFace w600k_r50; FaceMesh landmarks when mediapipe is installed."""
+    return _insightface("buffalo_l")
+
+
+def make_insightface_antelopev2():
+    """SCRFD (scrfd_10g_bnkps) + ArcFace glintr100; FaceMesh landmarks when mediapipe is installed."""
+    return _insightface("antelopev2")
+
+
 FACTORIES = {
     "mediapipe": make_mediapipe,
     "mediapipe-dlib": make_mediapipe_dlib,
@@ -103,4 +126,6 @@ FACTORIES = {
     "mediapipe-buffalo_l": make_mediapipe_buffalo_l,
     "mediapipe-antelopev2": make_mediapipe_antelopev2,
     "mediapipe-arcface": make_mediapipe_arcface,
+    "insightface-buffalo_l": make_insightface_buffalo_l,
+    "insightface-antelopev2": make_insightface_antelopev2,
 }

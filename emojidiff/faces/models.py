@@ -119,7 +119,7 @@ CATALOGUE: dict[str, ModelSpec] = {
         ModelSpec(
             name="insightface-buffalo_l",
             feature="512-d ArcFace identity embedding (w600k_r50.onnx), IP-Adapter-FaceID's recogniser",
-            backends="mediapipe-insightface, mediapipe-buffalo_l",
+            backends="mediapipe-insightface, mediapipe-buffalo_l, insightface-buffalo_l",
             licence=f"InsightFace models: {NONCOMMERCIAL}",
             relpaths=("buffalo_l/w600k_r50.onnx", "buffalo_l"),
             env="EMOJIDIFF_ARCFACE_ONNX",
@@ -128,10 +128,28 @@ CATALOGUE: dict[str, ModelSpec] = {
         ModelSpec(
             name="insightface-antelopev2",
             feature="512-d ArcFace identity embedding (glintr100.onnx), the paper's evaluation recogniser",
-            backends="mediapipe-insightface, mediapipe-antelopev2",
+            backends="mediapipe-insightface, mediapipe-antelopev2, insightface-antelopev2",
             licence=f"InsightFace models: {NONCOMMERCIAL}",
             relpaths=("antelopev2/glintr100.onnx", "antelopev2"),
             env="EMOJIDIFF_ARCFACE_ONNX",
+            how_to_get="user-supplied: unzip InsightFace's antelopev2.zip into <models dir>/antelopev2",
+        ),
+        ModelSpec(
+            name="insightface-buffalo_l-detector",
+            feature="SCRFD face detection + 5 keypoints (det_10g.onnx)",
+            backends="insightface-buffalo_l",
+            licence=f"InsightFace models: {NONCOMMERCIAL}",
+            relpaths=("buffalo_l/det_10g.onnx",),
+            env="EMOJIDIFF_SCRFD_ONNX",
+            how_to_get="user-supplied: unzip InsightFace's buffalo_l.zip into <models dir>/buffalo_l",
+        ),
+        ModelSpec(
+            name="insightface-antelopev2-detector",
+            feature="SCRFD face detection + 5 keypoints (scrfd_10g_bnkps.onnx)",
+            backends="insightface-antelopev2",
+            licence=f"InsightFace models: {NONCOMMERCIAL}",
+            relpaths=("antelopev2/scrfd_10g_bnkps.onnx",),
+            env="EMOJIDIFF_SCRFD_ONNX",
             how_to_get="user-supplied: unzip InsightFace's antelopev2.zip into <models dir>/antelopev2",
         ),
         ModelSpec(

@@ -47,6 +47,14 @@ def face_points5(face: Face) -> np.ndarray:
     raise FaceBackendError("this face has no landmarks to align it with (the backend gave only a box)")
 
 
+def identity_points5(face: Face) -> np.ndarray:
+    """The 5 points for the ArcFace alignment: the detector's own keypoints where it gave them (SCRFD's ``kps5``,
+    what InsightFace's recognisers were trained on), else :func:`face_points5`."""
+    if "kps5" in face.extra:
+        return np.asarray(face.extra["kps5"], dtype=np.float64)
+    return face_points5(face)
+
+
 def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32).reshape(-1)
     n = float(np.linalg.norm(v))
@@ -184,7 +192,7 @@ class OnnxArcFaceRecognizer:
             return _normalise(self._run(self.preprocess(aligned))[0])
 
     def embed(self, image: Image.Image, face: Face) -> np.ndarray:
-        return self.embed_aligned(align_arcface(image, face_points5(face)))
+        return self.embed_aligned(align_arcface(image, identity_points5(face)))
 
 
 # --- arcface_torch IResNet ------------------------------------------------------------------------------------
@@ -234,7 +242,7 @@ class TorchArcFaceRecognizer:
         return _normalise(out[0].cpu().numpy())
 
     def embed(self, image: Image.Image, face: Face) -> np.ndarray:
-        return self.embed_aligned(align_arcface(image, face_points5(face)))
+        return self.embed_aligned(align_arcface(image, identity_points5(face)))
 
 
 def warp_to_arcface_tensor(images, points5, size: int = ARCFACE_SIZE):

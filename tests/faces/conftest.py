@@ -57,7 +57,7 @@ def face_models_dir(tmp_path, monkeypatch):
     d.mkdir()
     monkeypatch.setenv("EMOJIDIFF_MODELS_DIR", str(d))
     for var in ("EMOJIDIFF_ARCFACE_ONNX", "EMOJIDIFF_ARCFACE_TORCH", "EMOJIDIFF_FACE_LANDMARKER",
-                "EMOJIDIFF_DLIB_SHAPE_PREDICTOR", "EMOJIDIFF_DLIB_RECOGNIZER"):  # fmt: skip
+                "EMOJIDIFF_DLIB_SHAPE_PREDICTOR", "EMOJIDIFF_DLIB_RECOGNIZER", "EMOJIDIFF_SCRFD_ONNX"):  # fmt: skip
         monkeypatch.delenv(var, raising=False)
     return d
 
