@@ -122,6 +122,8 @@ class Trainer:
         self.unet = pipe.unet.to(acc.device, self.weight_dtype)
         self.adapter_cfg: EmojiDiffConfig = pipe.config
         self.params = trainable_parameters(self.unet, cfg.train_branches, self.adapter_cfg.expression_layers)
+        # train as we generate: identity on every layer, expression only on the expression-layer map
+        self.pipe.set_scales(1.0, 1.0)
         for p in self.params.values():  # frozen weights in the mixed-precision dtype, trained ones in float32
             p.data = p.data.float()
         if cfg.gradient_checkpointing:
@@ -317,7 +319,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self, resume: str | None = None, end_training: bool = True) -> Path:
-        """Train to ``max_steps`` (from ``resume``: ``latest`` or a checkpoint folder); returns the final adapter folder.
+        """Train to ``max_steps`` (from ``resume``: ``latest`` or a checkpoint folder); returns the adapter folder.
 
         ``end_training=False`` finishes the trackers but keeps the process group alive, for callers (IDI rounds) that
         go on synchronising processes afterwards.
