@@ -26,11 +26,12 @@ from . import geometry as g
 from .base import Face
 from .expression import landmark_ratios
 from .mediapipe_backend import MAX_PITCH, MAX_YAW, MIN_FACE_PX, MediaPipeFaceAnalyzer
-from .recognizers import Recognizer, face_points5, identity_points5
+from .recognizers import Recognizer
+from .regions import FaceRegionMixin
 from .scrfd import ScrfdDetector
 
 
-class InsightFaceAnalyzer:
+class InsightFaceAnalyzer(FaceRegionMixin):
     """FaceAnalyzer on SCRFD (+ optional MediaPipe FaceMesh landmarks); see the module docstring.
 
     ``use_mesh``: True requires mediapipe, False never uses it, None (default) uses it when installed.
@@ -102,45 +103,6 @@ class InsightFaceAnalyzer:
         return faces
 
     # --- per-face operations -----------------------------------------------------------------------------------
-
-    warn_if_poor = staticmethod(MediaPipeFaceAnalyzer.warn_if_poor)
-
-    def points5(self, face: Face) -> np.ndarray:
-        """The 5 points the expression crop is aligned on (FaceMesh's when present, else SCRFD's)."""
-        return face_points5(face)
-
-    def _polygon(self, face: Face) -> np.ndarray:
-        if face.landmarks is not None and len(face.landmarks) >= 468:
-            return g.face_oval(face.landmarks)
-        return g.ellipse_from_points(face_points5(face))
-
-    def face_mask(self, image: Image.Image, face: Face, feather: float | None = None) -> np.ndarray:
-        """1 inside the face oval (FaceMesh) or the keypoint ellipse (no FaceMesh), 0 elsewhere."""
-        feather = max(1.0, face.size * 0.01) if feather is None else feather
-        return g.polygon_mask(image.size, self._polygon(face), feather=feather)
-
-    def expression_crop(
-        self, image: Image.Image, face: Face, size: int = g.EXPRESSION_CROP_SIZE, masked: bool = True
-    ) -> Image.Image:
-        """The aligned ``size`` square of the face, outside the face region filled."""
-        self.warn_if_poor(face, "expression template")
-        m = g.expression_transform(face_points5(face), size)
-        crop = g.warp(image.convert("RGB"), m, size, fill=self.crop_fill)
-        if not masked:
-            return crop
-        mask = g.polygon_mask((size, size), g.apply_transform(m, self._polygon(face)), feather=size / 128)
-        fill = np.array(self.crop_fill, dtype=np.float32)
-        out = np.asarray(crop, dtype=np.float32) * mask[..., None] + fill * (1.0 - mask[..., None])
-        return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
-
-    def expression_crop_mask(self, face: Face, size: int = g.EXPRESSION_CROP_SIZE) -> np.ndarray:
-        """The face-region mask in the coordinates of :meth:`expression_crop`."""
-        m = g.expression_transform(face_points5(face), size)
-        return g.polygon_mask((size, size), g.apply_transform(m, self._polygon(face)), feather=size / 128)
-
-    def arcface_crop(self, image: Image.Image, face: Face, size: int = g.ARCFACE_SIZE) -> Image.Image:
-        """The 112x112 ArcFace alignment on SCRFD's 5 keypoints (what the recogniser sees)."""
-        return g.align_arcface(image, identity_points5(face), size)
 
     def identity_embedding(self, image: Image.Image, face: Face) -> np.ndarray:
         if self.recognizer is None:

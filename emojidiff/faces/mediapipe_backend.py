@@ -28,7 +28,8 @@ from ..errors import FaceBackendError, NoFaceError
 from . import geometry as g
 from .base import Face
 from .expression import landmark_ratios
-from .recognizers import Recognizer, face_points5
+from .recognizers import Recognizer
+from .regions import FaceQualityWarning, FaceRegionMixin  # noqa: F401 (FaceQualityWarning: public here too)
 
 #: faces smaller than this (pixels, shorter box side) are flagged: identity and expression become unreliable
 MIN_FACE_PX = 64
@@ -38,10 +39,6 @@ MIN_DETECT_PX = 16
 MAX_YAW, MAX_PITCH = 45.0, 35.0
 #: FaceMesh runs on a square crop of this side around each face
 MESH_CROP_PX = 384
-
-
-class FaceQualityWarning(UserWarning):
-    """A face was found but is tiny, turned far away, or without landmarks: results will be unreliable."""
 
 
 @contextlib.contextmanager
@@ -102,7 +99,7 @@ def _overlap(a, b) -> float:
     return inter / small if small > 0 else 0.0
 
 
-class MediaPipeFaceAnalyzer:
+class MediaPipeFaceAnalyzer(FaceRegionMixin):
     """FaceAnalyzer on MediaPipe; see the module docstring. ``recognizer=None`` means no identity embeddings."""
 
     def __init__(
@@ -252,52 +249,6 @@ class MediaPipeFaceAnalyzer:
         return confident + rest
 
     # --- per-face operations -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def warn_if_poor(face: Face, what: str = "image") -> None:
-        """Raise the face's quality notes as FaceQualityWarning, once per face."""
-        if face.extra.get("_warned"):
-            return
-        face.extra["_warned"] = True
-        for note in face.extra.get("warnings", []):
-            warnings.warn(f"{what}: {note}", FaceQualityWarning, stacklevel=3)
-
-    def points5(self, face: Face) -> np.ndarray:
-        return face_points5(face)
-
-    def _polygon(self, face: Face) -> np.ndarray:
-        if face.landmarks is not None and len(face.landmarks) >= 468:
-            return g.face_oval(face.landmarks)
-        return g.ellipse_from_points(face_points5(face))
-
-    def face_mask(self, image: Image.Image, face: Face, feather: float | None = None) -> np.ndarray:
-        """1 inside the face oval (forehead to chin, cheek to cheek), 0 on hair, ears, neck and background."""
-        feather = max(1.0, face.size * 0.01) if feather is None else feather
-        return g.polygon_mask(image.size, self._polygon(face), feather=feather)
-
-    def expression_crop(
-        self, image: Image.Image, face: Face, size: int = g.EXPRESSION_CROP_SIZE, masked: bool = True
-    ) -> Image.Image:
-        """The aligned ``size`` square of the face (eyes level, fixed scale), outside the face oval filled."""
-        self.warn_if_poor(face, "expression template")
-        m = g.expression_transform(face_points5(face), size)
-        crop = g.warp(image.convert("RGB"), m, size, fill=self.crop_fill)
-        if not masked:
-            return crop
-        poly = g.apply_transform(m, self._polygon(face))
-        mask = g.polygon_mask((size, size), poly, feather=size / 128)
-        fill = np.array(self.crop_fill, dtype=np.float32)
-        out = np.asarray(crop, dtype=np.float32) * mask[..., None] + fill * (1.0 - mask[..., None])
-        return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))
-
-    def expression_crop_mask(self, face: Face, size: int = g.EXPRESSION_CROP_SIZE) -> np.ndarray:
-        """The face-oval mask in the coordinates of :meth:`expression_crop` (for losses on aligned crops)."""
-        m = g.expression_transform(face_points5(face), size)
-        return g.polygon_mask((size, size), g.apply_transform(m, self._polygon(face)), feather=size / 128)
-
-    def arcface_crop(self, image: Image.Image, face: Face, size: int = g.ARCFACE_SIZE) -> Image.Image:
-        """The standard 112x112 ArcFace alignment of the face."""
-        return g.align_arcface(image, face_points5(face), size)
 
     def identity_embedding(self, image: Image.Image, face: Face) -> np.ndarray:
         if self.recognizer is None:
