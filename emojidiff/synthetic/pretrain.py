@@ -194,9 +194,19 @@ def _stage_vae(out: Path, cfg: PretrainConfig, log) -> dict:
     images, _, _, _ = _load_data(out)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    vae = make_vae().train()
+    from diffusers import AutoencoderKL
+
+    ckpts = _checkpoints(out, "vae")
+    start = 0
+    if ckpts:
+        vae = AutoencoderKL.from_pretrained(ckpts[-1]).train()
+        start = int(ckpts[-1].name.split("-")[1])
+        rng = np.random.default_rng(cfg.seed + start)
+        log(f"[vae] resuming from {ckpts[-1].name}")
+    else:
+        vae = make_vae().train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    bar = tqdm(range(cfg.vae_steps), desc="vae", mininterval=5)
+    bar = tqdm(range(start, cfg.vae_steps), desc="vae", initial=start, total=cfg.vae_steps, mininterval=5)
     c = cfg.vae_crop
     for step in bar:
         _lr(opt, step, cfg.vae_steps, cfg.vae_lr, warmup=50)
@@ -213,6 +223,7 @@ def _stage_vae(out: Path, cfg: PretrainConfig, log) -> dict:
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log(f"[vae] step {step}/{cfg.vae_steps} loss {loss.item():.4f}")
+        _checkpoint(out, "vae", vae, step + 1, cfg)
     vae.eval()
     with torch.no_grad():
         idx = rng.choice(len(images), min(512, len(images)), replace=False)
@@ -310,8 +321,18 @@ def _encode_latents(out: Path, images, vae) -> torch.Tensor:
     return lat
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    return sorted((out / "checkpoints").glob("unet-*"), key=lambda p: int(p.name.split("-")[1]))
+def _checkpoints(out: Path, what: str = "unet") -> list[Path]:
+    return sorted((out / "checkpoints").glob(f"{what}-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def _checkpoint(out: Path, what: str, model, done: int, cfg: PretrainConfig) -> None:
+    """Every ``ckpt_every`` steps (and at the end): save ``model`` and keep the last two checkpoints."""
+    total = cfg.vae_steps if what == "vae" else cfg.unet_steps
+    if done % cfg.ckpt_every and done != total:
+        return
+    model.save_pretrained(out / "checkpoints" / f"{what}-{done}")
+    for old in _checkpoints(out, what)[:-2]:
+        shutil.rmtree(old)
 
 
 def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
@@ -329,7 +350,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     noise_sched = DDPMScheduler.from_config(make_scheduler().config)
     alphas = noise_sched.alphas_cumprod
     start = 0
-    ckpts = _checkpoints(out)
+    ckpts = _checkpoints(out, "unet")
     if ckpts:
         unet = UNet2DConditionModel.from_pretrained(ckpts[-1])
         start = int(ckpts[-1].name.split("-")[1])
@@ -369,12 +390,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
         if step % 100 == 0:
             log(f"[unet] step {step}/{cfg.unet_steps} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
-        done = step + 1
-        if done % cfg.ckpt_every == 0 or done == cfg.unet_steps:
-            path = out / "checkpoints" / f"unet-{done}"
-            unet.save_pretrained(path)
-            for old in _checkpoints(out)[:-2]:  # keep the last two
-                shutil.rmtree(old)
+        _checkpoint(out, "unet", unet, step + 1, cfg)
     unet.eval().save_pretrained(out / "unet")
     return {"steps": cfg.unet_steps, "batch": cfg.unet_batch, "final_loss": float(np.mean(losses[-100:] or [0]))}
 

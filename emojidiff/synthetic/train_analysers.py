@@ -51,6 +51,7 @@ class AnalyserTrainConfig:
     lr: float = 2e-3
     temperature: float = 0.1
     eval_people: int = 200
+    aug_strength: float = 1.0
     eval_face_n: int = 1000
 
 
@@ -230,7 +231,7 @@ def train_face(cfg: AnalyserTrainConfig, log=print, init: FaceNet | None = None,
         ps = [_sample(rng, SPLITS[cfg.kind]) for _ in range(cfg.face_batch)]
         x = _to_tensor(render_array(ps, INPUT_SIZE))
         x = torch.cat([x[:n_pos], _negatives(x[n_pos:], gen)])
-        x, s, t = _augment(x, gen)
+        x, s, t = _augment(x, gen, cfg.aug_strength)
         tg = face_targets(ps[:n_pos])
         loss = face_loss(net, x, tg, s[:n_pos], t[:n_pos], n_pos)
         opt.zero_grad(set_to_none=True)
@@ -359,6 +360,33 @@ def train_and_save(out: str | Path, cfg: AnalyserTrainConfig, log=print) -> dict
     return info
 
 
+def refine_face(out: str | Path, kind: str, steps: int, lr: float = 1e-3, aug: float = 0.5, log=print) -> dict:
+    """Continue training a saved face net with fresh data, a lower peak learning rate and milder augmentation;
+    re-evaluate and overwrite ``face.safetensors`` (the identity net is kept)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(out, kind)
+    info = json.loads((folder / "config.json").read_text())
+    net = FaceNet(info["face_arch"])
+    net.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
+    )
+    cfg = AnalyserTrainConfig(kind=kind, face_steps=steps, lr=lr, aug_strength=aug)
+    t0 = time.time()
+    net = train_face(cfg, log, init=net, round_=1)
+    metrics = evaluate_face(net, n=cfg.eval_face_n)
+    sd = {
+        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in net.state_dict().items()
+    }
+    save_file(sd, str(folder / "face.safetensors"))
+    info["face_refine"] = {"steps": steps, "lr": lr, "aug_strength": aug, "seconds": round(time.time() - t0, 1)}
+    info["heldout_face"] = metrics
+    (folder / "config.json").write_text(json.dumps(info, indent=2))
+    log(json.dumps({"face_mae_max": metrics["expression_mae_frac_max"], "mean": metrics["expression_mae_frac_mean"]}))
+    return info
+
+
 if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --stages analysers` is the usual way
     import argparse
 
@@ -367,6 +395,10 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--out", required=True)
     ap.add_argument("--identity-steps", type=int, default=2000)
     ap.add_argument("--face-steps", type=int, default=2500)
+    ap.add_argument("--refine-face-steps", type=int, default=0, help="only continue training the saved face net")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.refine_face_steps:
+        refine_face(a.out, a.kind, a.refine_face_steps)
+        raise SystemExit(0)
     train_and_save(a.out, AnalyserTrainConfig(kind=a.kind, identity_steps=a.identity_steps, face_steps=a.face_steps))

@@ -1,0 +1,37 @@
+"""The shipped base model loads with plain diffusers and draws faces of this world."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from emojidiff.synthetic.base_model import ANALYSERS_DIR, BASE_DIR
+
+pytestmark = pytest.mark.skipif(not (BASE_DIR / "model_index.json").is_file(), reason="shipped base model absent")
+
+
+def test_plain_diffusers_loads_the_shipped_base_and_samples_faces():
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPVisionModelWithProjection
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(BASE_DIR))
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.image_encoder, CLIPVisionModelWithProjection)
+    size = sum(f.stat().st_size for f in BASE_DIR.parent.rglob("*") if f.is_file())
+    assert size < 50e6
+    gen = torch.Generator().manual_seed(0)
+    out = pipe(
+        ["a flat portrait of a smiling person with black short hair and brown eyes, on a blue background"] * 4,
+        num_inference_steps=15,
+        guidance_scale=4.0,
+        generator=gen,
+        output_type="np",
+    ).images
+    assert out.shape == (4, 64, 64, 3)
+    if (ANALYSERS_DIR / "eval" / "config.json").is_file():
+        from emojidiff.synthetic.analysers import SyntheticAnalysers
+
+        x = torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float()
+        with torch.no_grad():
+            assert (SyntheticAnalysers("eval").presence(x) > 0.5).float().mean() >= 0.75
