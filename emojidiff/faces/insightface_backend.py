@@ -21,10 +21,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..errors import FaceBackendError, NoFaceError
+from ..errors import FaceBackendError
 from . import geometry as g
 from .base import Face
-from .expression import landmark_ratios
 from .mediapipe_backend import MAX_PITCH, MAX_YAW, MIN_FACE_PX, MediaPipeFaceAnalyzer
 from .recognizers import Recognizer
 from .regions import FaceRegionMixin
@@ -115,23 +114,9 @@ class InsightFaceAnalyzer(FaceRegionMixin):
 
     def measure_expression(self, image: Image.Image, face: Face) -> dict[str, float]:
         """The LMS landmark ratios; needs FaceMesh landmarks (mediapipe installed and the mesh found)."""
-        if face.landmarks is None or len(face.landmarks) < 468:
-            if self._mesh is None:
-                raise FaceBackendError(
-                    f"face backend '{self.name}' measures expression from MediaPipe FaceMesh landmarks: install "
-                    "mediapipe==0.10.21 (bash .ci/install-faces.sh); SCRFD gives only 5 keypoints"
-                )
-            raise NoFaceError(
-                "expression cannot be measured: FaceMesh found no landmarks on this face "
-                "(turned too far, occluded, or too small)"
+        if (face.landmarks is None or len(face.landmarks) < 468) and self._mesh is None:
+            raise FaceBackendError(
+                f"face backend '{self.name}' measures expression from MediaPipe FaceMesh landmarks: install "
+                "mediapipe==0.10.21 (bash .ci/install-faces.sh); SCRFD gives only 5 keypoints"
             )
-        self.warn_if_poor(face, "image")
-        return landmark_ratios(face.landmarks)
-
-    def blendshapes(self, image: Image.Image, face: Face) -> dict[str, float]:
-        """The 52 MediaPipe blendshape scores; needs the user-supplied face_landmarker.task."""
-        if self._blendshapes is None:
-            from .blendshapes import BlendshapeModel
-
-            self._blendshapes = BlendshapeModel()
-        return self._blendshapes.score(image, face)
+        return self.mesh_ratios(face)

@@ -24,10 +24,9 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from ..errors import FaceBackendError, NoFaceError
+from ..errors import FaceBackendError
 from . import geometry as g
 from .base import Face
-from .expression import landmark_ratios
 from .recognizers import Recognizer
 from .regions import FaceQualityWarning, FaceRegionMixin  # noqa: F401 (FaceQualityWarning: public here too)
 
@@ -261,18 +260,4 @@ class MediaPipeFaceAnalyzer(FaceRegionMixin):
 
     def measure_expression(self, image: Image.Image, face: Face) -> dict[str, float]:
         """The LMS landmark amplitude ratios (:func:`emojidiff.faces.expression.landmark_ratios`)."""
-        if face.landmarks is None or len(face.landmarks) < 468:
-            raise NoFaceError(
-                "expression cannot be measured: FaceMesh found no landmarks on this face "
-                "(turned too far, occluded, or too small)"
-            )
-        self.warn_if_poor(face, "image")
-        return landmark_ratios(face.landmarks)
-
-    def blendshapes(self, image: Image.Image, face: Face) -> dict[str, float]:
-        """The 52 MediaPipe blendshape scores; needs the user-supplied face_landmarker.task."""
-        if self._blendshapes is None:
-            from .blendshapes import BlendshapeModel
-
-            self._blendshapes = BlendshapeModel()
-        return self._blendshapes.score(image, face)
+        return self.mesh_ratios(face)

@@ -11,8 +11,10 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from ..errors import NoFaceError
 from . import geometry as g
 from .base import Face
+from .expression import landmark_ratios
 from .recognizers import face_points5, identity_points5
 
 
@@ -71,3 +73,21 @@ class FaceRegionMixin:
     def arcface_crop(self, image: Image.Image, face: Face, size: int = g.ARCFACE_SIZE) -> Image.Image:
         """The standard 112x112 ArcFace alignment (on the detector's keypoints when it gives them)."""
         return g.align_arcface(image, identity_points5(face), size)
+
+    def mesh_ratios(self, face: Face) -> dict[str, float]:
+        """The LMS landmark amplitude ratios (:func:`emojidiff.faces.expression.landmark_ratios`) from FaceMesh."""
+        if face.landmarks is None or len(face.landmarks) < 468:
+            raise NoFaceError(
+                "expression cannot be measured: FaceMesh found no landmarks on this face "
+                "(turned too far, occluded, or too small)"
+            )
+        self.warn_if_poor(face, "image")
+        return landmark_ratios(face.landmarks)
+
+    def blendshapes(self, image: Image.Image, face: Face) -> dict[str, float]:
+        """The 52 MediaPipe blendshape scores; needs the user-supplied face_landmarker.task."""
+        if getattr(self, "_blendshapes", None) is None:
+            from .blendshapes import BlendshapeModel
+
+            self._blendshapes = BlendshapeModel()
+        return self._blendshapes.score(image, face)
