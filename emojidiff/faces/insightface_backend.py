@@ -22,11 +22,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FaceBackendError
-from . import geometry as g
 from .base import Face
 from .mediapipe_backend import MAX_PITCH, MAX_YAW, MIN_FACE_PX, MediaPipeFaceAnalyzer
 from .recognizers import Recognizer
-from .regions import FaceRegionMixin
+from .regions import FaceRegionMixin, attach_mesh
 from .scrfd import ScrfdDetector
 
 
@@ -81,15 +80,7 @@ class InsightFaceAnalyzer(FaceRegionMixin):
             if self._mesh is not None:
                 lm3 = self._mesh._mesh_for(image, face)
                 if lm3 is not None:
-                    face.landmarks = lm3[:, :2].copy()
-                    face.extra["landmarks3d"] = lm3
-                    pose = g.head_pose(lm3)
-                    face.extra["pose"] = pose
-                    if abs(pose["yaw"]) > MAX_YAW or abs(pose["pitch"]) > MAX_PITCH:
-                        notes.append(
-                            f"extreme head pose (yaw {pose['yaw']:+.0f}°, pitch {pose['pitch']:+.0f}°): "
-                            "expression and identity will be unreliable"
-                        )
+                    attach_mesh(face, lm3, notes, MAX_YAW, MAX_PITCH)
                 else:
                     notes.append("no landmarks found (face turned away, occluded or blurred): using a rough alignment")
             if face.size < MIN_FACE_PX:

@@ -28,7 +28,7 @@ from ..errors import FaceBackendError
 from . import geometry as g
 from .base import Face
 from .recognizers import Recognizer
-from .regions import FaceQualityWarning, FaceRegionMixin  # noqa: F401 (FaceQualityWarning: public here too)
+from .regions import FaceQualityWarning, FaceRegionMixin, attach_mesh  # noqa: F401 (FaceQualityWarning: public here too)
 
 #: faces smaller than this (pixels, shorter box side) are flagged: identity and expression become unreliable
 MIN_FACE_PX = 64
@@ -218,15 +218,7 @@ class MediaPipeFaceAnalyzer(FaceRegionMixin):
             kept.append(face)
             kps = face.extra["keypoints"]
             if lm3 is not None:
-                face.landmarks = lm3[:, :2].copy()
-                face.extra["landmarks3d"] = lm3
-                pose = g.head_pose(lm3)
-                face.extra["pose"] = pose
-                if abs(pose["yaw"]) > MAX_YAW or abs(pose["pitch"]) > MAX_PITCH:
-                    notes.append(
-                        f"extreme head pose (yaw {pose['yaw']:+.0f}°, pitch {pose['pitch']:+.0f}°): "
-                        "expression and identity will be unreliable"
-                    )
+                attach_mesh(face, lm3, notes, MAX_YAW, MAX_PITCH)
             else:
                 # 5 points from the detector: eyes, nose tip, and mouth corners estimated from the mouth centre
                 eye_l, eye_r, nose, mouth = kps[0], kps[1], kps[2], kps[3]

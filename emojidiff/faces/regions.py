@@ -22,6 +22,19 @@ class FaceQualityWarning(UserWarning):
     """A face was found but is tiny, turned far away, or without landmarks: results will be unreliable."""
 
 
+def attach_mesh(face: Face, lm3: np.ndarray, notes: list[str], max_yaw: float, max_pitch: float) -> None:
+    """Put FaceMesh's 478 landmarks (x, y, z) on ``face``, with its head pose; note an extreme pose in ``notes``."""
+    face.landmarks = lm3[:, :2].copy()
+    face.extra["landmarks3d"] = lm3
+    pose = g.head_pose(lm3)
+    face.extra["pose"] = pose
+    if abs(pose["yaw"]) > max_yaw or abs(pose["pitch"]) > max_pitch:
+        notes.append(
+            f"extreme head pose (yaw {pose['yaw']:+.0f}°, pitch {pose['pitch']:+.0f}°): "
+            "expression and identity will be unreliable"
+        )
+
+
 class FaceRegionMixin:
     """Masks and crops from landmarks. The class using it sets ``crop_fill`` (the RGB fill outside the face)."""
 
