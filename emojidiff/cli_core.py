@@ -16,7 +16,8 @@ from .cli import main, user_errors
     "--image-encoder",
     default=None,
     help="CLIPVisionModelWithProjection for the expression branch: a local folder (copied into the adapter) or a "
-    "hub id. Default: h94/IP-Adapter models/image_encoder (CLIP ViT-H/14, as IP-Adapter Plus).",
+    "hub id. Default: the base's own image_encoder/ folder when it is local and has one (the bundled `synthetic` "
+    "base does), else h94/IP-Adapter models/image_encoder (CLIP ViT-H/14, as IP-Adapter Plus).",
 )
 @click.option("--image-encoder-subfolder", default=None, help="Subfolder of --image-encoder holding the model.")
 @click.option(
@@ -49,10 +50,12 @@ def init_adapter_cmd(
     The folder holds emojidiff.json, ip_adapter_identity.safetensors, ip_adapter_expression.safetensors and, when
     --image-encoder is a local folder, a copy of it in image_encoder/.
     """
-    from .adapter import init_adapter
+    from .adapter import init_adapter, resolve_base
     from .faces import get_face_analyzer
 
     get_face_analyzer(face_backend)  # unknown names fail here, not at generation time
+    if image_encoder is None and (Path(resolve_base(base)) / "image_encoder" / "config.json").is_file():
+        image_encoder = str(Path(resolve_base(base)) / "image_encoder")
     cfg = init_adapter(
         base,
         out,

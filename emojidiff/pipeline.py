@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .adapter.config import EmojiDiffConfig, UNetSignature
-from .adapter.core import load_adapter_into, meta_unet, read_unet_config, resolve_adapter
+from .adapter.core import load_adapter_into, meta_unet, read_unet_config, resolve_adapter, resolve_base
 from .adapter.image_encoder import encode_pixels, image_processor, preprocess
 from .adapter.layers import layer_scale_dict
 from .adapter.step_cache import StepCachedProjection, install_step_cache
@@ -88,7 +88,7 @@ class EmojiDiffPipeline:
                 f"adapter '{adapter}' was made for {ours.describe()}, but base '{base}' is {theirs.describe()}"
             )
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(base, **_dtype_kwarg(torch_dtype), **kwargs)
+            pipe = AutoPipelineForText2Image.from_pretrained(resolve_base(base), **_dtype_kwarg(torch_dtype), **kwargs)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise AdapterError(f"base model '{base}' could not be loaded ({first})") from None

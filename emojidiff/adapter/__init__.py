@@ -7,11 +7,21 @@ from .config import (
     EmojiDiffConfig,
     UNetSignature,
 )
-from .core import BUNDLED_ADAPTERS, init_adapter, load_adapter_into, make_config, meta_unet, resolve_adapter
+from .core import (
+    BUNDLED_ADAPTERS,
+    BUNDLED_BASES,
+    init_adapter,
+    load_adapter_into,
+    make_config,
+    meta_unet,
+    resolve_adapter,
+    resolve_base,
+)
 from .layers import attention_blocks, layer_scale_dict, parse_layer_spec
 
 __all__ = [
     "BUNDLED_ADAPTERS",
+    "BUNDLED_BASES",
     "CONFIG_NAME",
     "EXPRESSION_WEIGHTS",
     "IDENTITY_WEIGHTS",
@@ -25,4 +35,5 @@ __all__ = [
     "meta_unet",
     "parse_layer_spec",
     "resolve_adapter",
+    "resolve_base",
 ]

@@ -17,8 +17,23 @@ from .image_encoder import copy_encoder_into, encoder_reference, load_image_enco
 from .layers import parse_layer_spec
 from .weights import check_weight_files, init_branch_weights, save_branch_weights
 
+_SYNTHETIC_WEIGHTS = Path(__file__).resolve().parent.parent / "synthetic" / "weights"
 #: adapters shipped inside the package, addressable by name wherever an adapter path is accepted
-BUNDLED_ADAPTERS: dict[str, Path] = {}
+BUNDLED_ADAPTERS: dict[str, Path] = {
+    "synthetic-naive": _SYNTHETIC_WEIGHTS / "adapters" / "naive",  # stage 1, round 0 (same-identity pairs)
+    "synthetic-idi": _SYNTHETIC_WEIGHTS / "adapters" / "idi",  # stage 1 after the IDI rounds
+    "synthetic-ica": _SYNTHETIC_WEIGHTS / "adapters" / "ica",  # stage 2 (ICA) on top of synthetic-idi
+}
+#: base models shipped inside the package, addressable by name wherever a base model is accepted
+BUNDLED_BASES: dict[str, Path] = {"synthetic": _SYNTHETIC_WEIGHTS / "base"}
+
+
+def resolve_base(name_or_path: str | Path) -> str:
+    """A hub id or folder as given, or the folder of a bundled base (``synthetic``) when no such local folder exists."""
+    s = str(name_or_path)
+    if s in BUNDLED_BASES and not Path(s).exists():
+        return str(BUNDLED_BASES[s])
+    return s
 
 
 def resolve_adapter(name_or_path: str | Path) -> Path:
@@ -29,7 +44,12 @@ def resolve_adapter(name_or_path: str | Path) -> Path:
             raise AdapterError(f"adapter '{name_or_path}' is a file; an adapter is a folder holding emojidiff.json")
         return p
     if str(name_or_path) in BUNDLED_ADAPTERS:
-        return BUNDLED_ADAPTERS[str(name_or_path)]
+        path = BUNDLED_ADAPTERS[str(name_or_path)]
+        if not (path / "emojidiff.json").is_file():
+            raise AdapterError(
+                f"bundled adapter '{name_or_path}' is not in this installation ({path} is missing)"
+            )
+        return path
     names = ", ".join(sorted(BUNDLED_ADAPTERS)) or "none in this version"
     raise AdapterError(f"adapter '{name_or_path}' not found: not a folder, nor a bundled adapter name ({names})")
 
@@ -39,7 +59,7 @@ def read_unet_config(base: str) -> dict:
     from diffusers import UNet2DConditionModel
 
     try:
-        return dict(UNet2DConditionModel.load_config(base, subfolder="unet"))
+        return dict(UNet2DConditionModel.load_config(resolve_base(base), subfolder="unet"))
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AdapterError(f"base model '{base}' could not be read ({msg})") from None
@@ -108,7 +128,7 @@ def init_adapter(
     enc_cfg = read_encoder_config(ref)  # fail early, before loading the UNet
     if isinstance(base, (str, Path)):
         read_unet_config(str(base))
-        unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
+        unet = UNet2DConditionModel.from_pretrained(resolve_base(base), subfolder="unet")
         base_name = str(base)
     else:
         unet, base_name = base, None
@@ -165,5 +185,7 @@ __all__ = [
     "make_config",
     "meta_unet",
     "read_unet_config",
+    "resolve_base",
+    "BUNDLED_BASES",
     "resolve_adapter",
 ]

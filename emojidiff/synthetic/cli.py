@@ -34,6 +34,28 @@ def render_cmd(n: int, seed: int, out: str, size: int, heldout: bool) -> None:
     click.echo(f"wrote {n} portraits and {manifest}")
 
 
+@world.command("pairs")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Data folder to write.")
+@click.option("--n-people", type=click.IntRange(min=2), default=3000, show_default=True, help="Training people.")
+@click.option("--per-person", type=click.IntRange(min=2), default=3, show_default=True, help="Renders per person.")
+@click.option("--n-val", type=click.IntRange(min=0), default=8, show_default=True, help="Validation triplets.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same data.")
+@user_errors
+def pairs_cmd(out: str, n_people: int, per_person: int, n_val: int, seed: int) -> None:
+    """Write stage-1 training data from training-range people: round-0 triplets (template = target, identity =
+    another render of the same person; prompts name the style only), validation triplets, and the templates /
+    identities source manifests that `emojidiff idi` pairs across people."""
+    from .pairs import write_round0
+
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out '{out}' exists and is not a folder")
+    s = write_round0(out, n_people, per_person, seed, n_val)
+    click.echo(
+        f"wrote {s.images} renders of {s.people} people to {out}: {s.triplets} round-0 triplets (triplets.jsonl), "
+        f"{s.val} validation (val.jsonl), {s.templates} templates and {s.identities} identities for IDI"
+    )
+
+
 @world.command("gallery")
 @click.option("--out", type=click.Path(file_okay=False), default="examples", show_default=True)
 @click.option("--size", type=click.IntRange(min=32, max=512), default=96, show_default=True)
