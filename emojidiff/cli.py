@@ -74,6 +74,7 @@ def main() -> None:
 
 # Sub-command modules register themselves on `main` when imported (one import line each, below).
 from . import cli_core  # noqa: E402,F401
+from .eval import cli as _eval_cli  # noqa: E402,F401
 from .faces import cli as _faces_cli  # noqa: E402,F401
 from .ica import cli as _ica_cli  # noqa: E402,F401
 from .idi import cli as _idi_cli  # noqa: E402,F401

@@ -92,3 +92,32 @@ def test_metrics_separate_ideal_copying_and_identity_only(cases, tmp_path):
 def test_pearson_edge_cases():
     assert pearson([0, 1, 2], [0, 2, 4]) == pytest.approx(1.0)
     assert np.isnan(pearson([0, 1], [0, 1])) and np.isnan(pearson([1, 1, 1], [0, 1, 2]))
+
+
+def test_ground_truth_spans_template_references_prepare_and_set_scorers(cases):
+    from emojidiff.eval import markdown_table
+
+    for i, c in enumerate(cases):
+        sm, op = _exp_of(c.template)
+        c.target_expression = {"smile": sm, "open": op + 0.2}  # truth differs from what the template shows
+        c.template_identity = [_face(_person(20 + i), (0.5, 0.5))]  # the template's person, neutral
+
+    class Copy:
+        prepared: list = []
+
+        def prepare(self, cs, scales, seed):
+            self.prepared.append((len(cs), tuple(scales), seed))
+
+        def __call__(self, c, s, seed):
+            return c.template
+
+    res = evaluate({"copy": Copy()}, cases, HalfAnalyzer(), seed=2, exp_scales=(0.0, 1.0),
+                   expression_spans={"smile": 1.0, "open": 0.5},
+                   set_scorers={"n_out": lambda imgs, cs: float(len(imgs))})  # fmt: skip
+    m = res["methods"]["copy"]
+    assert Copy.prepared == [(3, (0.0, 1.0), 2)]
+    assert m["exp_err"] == pytest.approx((0 + 0.2 / 0.5) / 2, abs=0.01)  # only span keys, divided by the span
+    assert m["leakage"] == pytest.approx(1.0, abs=1e-3)  # the template's person, through its own reference photo
+    assert m["n_out"] == 3.0 and set(m["by_scale"]) == {"0.0", "1.0"}
+    res["methods"]["other"] = {"skipped": "adapter not installed"}
+    assert "| other | skipped: adapter not installed |" in markdown_table(res)

@@ -7,7 +7,9 @@ antelopev2 after training with another recogniser; the synthetic world ships a s
 * expression error: mean L1 over the analyser's named expression measurements (keys both sides have), output vs
   template — MediaPipe blendshapes for the paper's Exp on real photos, expression factors in the synthetic world;
 * landmark-ratio error (LMS): :func:`emojidiff.faces.expression.lms_error` over FaceMesh ratios when the analyser
-  gives 468+ landmarks, or the analyser's own ``landmark_ratios(image, face)`` if it has one; NaN otherwise;
+  gives 468+ landmarks, or the analyser's own ``landmark_ratios(image, face)`` if it has one, or the ``ratio_*``
+  entries of its expression measurements (the synthetic analysers report their landmark ratios that way); NaN
+  otherwise;
 * leakage: identity similarity of the output to the *template's* person (compare with the unrelated-people level);
 * intensity control: Pearson correlation, per case, between the commanded ``exp_scale`` values and the measured
   expression strength (the expression distance of each output from the same case's output at the lowest scale),
@@ -53,6 +55,8 @@ def read_face(analyzer: FaceAnalyzer, image: Image.Image) -> FaceReading:
         from ..faces.expression import landmark_ratios
 
         ratios = landmark_ratios(face.landmarks)
+    elif any(k.startswith("ratio_") for k in exp):
+        ratios = {k[len("ratio_") :]: float(v) for k, v in exp.items() if k.startswith("ratio_")}
     return FaceReading(face, emb, exp, ratios)
 
 
