@@ -83,6 +83,21 @@ def output_paths(out: str, n: int) -> list[Path]:
     return [p.with_name(f"{p.stem}_{i}{p.suffix or '.png'}") for i in range(n)]
 
 
+#: bundled adapters `generate` falls back to, best first
+DEFAULT_ADAPTERS = ("synthetic-ica", "synthetic-idi")
+
+
+def default_adapter() -> str:
+    """The first bundled adapter of DEFAULT_ADAPTERS that is installed."""
+    from .adapter import BUNDLED_ADAPTERS
+    from .errors import AdapterError
+
+    for name in DEFAULT_ADAPTERS:
+        if (BUNDLED_ADAPTERS[name] / "emojidiff.json").is_file():
+            return name
+    raise AdapterError(f"no --adapter given and no bundled adapter ({', '.join(DEFAULT_ADAPTERS)}) is installed")
+
+
 @main.command("generate")
 @click.option(
     "--identity",
@@ -95,8 +110,18 @@ def output_paths(out: str, n: int) -> list[Path]:
 @click.option("--expression", required=True, help="Expression template image (any person, any style).")
 @click.option("--out", required=True, help="Output PNG. With --num-images N > 1: OUT_0.png … OUT_{N-1}.png.")
 @click.option("--base", default=None, help="Base model (hub id or folder). Default: the base recorded in the adapter.")
-@click.option("--adapter", required=True, help="Adapter folder (or bundled adapter name).")
-@click.option("--prompt", default="a portrait photo of a person", show_default=True)
+@click.option(
+    "--adapter",
+    default=None,
+    help="Adapter folder or bundled adapter name. Default: the best bundled one installed (synthetic-ica, else "
+    "synthetic-idi), on the bundled synthetic base: no download.",
+)
+@click.option(
+    "--prompt",
+    default=None,
+    help="Text prompt. Default: 'a portrait photo of a person' ('a portrait of a person' on the synthetic base, "
+    "whose vocabulary has no 'photo').",
+)
 @click.option("--negative-prompt", default=None)
 @click.option("--id-scale", default=1.0, show_default=True, help="Strength of the identity branch.")
 @click.option("--exp-scale", default=1.0, show_default=True, help="Strength of the expression branch.")
@@ -151,7 +176,10 @@ def generate_cmd(
 
     # Every input is checked (files read, faces found, embeddings encoded) before any model loads: a bad input fails
     # in a second, not after the base model has loaded. The results feed the pipeline directly.
+    adapter = adapter or default_adapter()
     cfg = EmojiDiffConfig.load(resolve_adapter(adapter))
+    if prompt is None:
+        prompt = "a portrait of a person" if cfg.base_model == "synthetic" else "a portrait photo of a person"
     analyzer = get_face_analyzer(face_backend or cfg.face_backend)
     for item in identities:
         if not is_embedding_path(item) and analyzer.identity_dim is None:

@@ -3,14 +3,14 @@
 #   data -> identity branch -> naive (round 0) -> IDI rounds -> ICA.
 # Usage: bash scripts/train_synthetic_adapters.sh [RUN_DIR]        (defaults: runs/synthetic, data/synthetic)
 #   QUICK=1   tiny data and a few steps of everything (smoke test, a few minutes on a CPU)
-#   ROUNDS=N  IDI rounds (default 2); N_PEOPLE, N_TEMPLATES: data sizes (default 3000, 1500)
+#   ROUNDS=N  IDI rounds (default 1); N_PEOPLE, N_TEMPLATES: data sizes (default 2000, 600)
 # Every stage is skipped when its output exists, so the script can be run again after an interruption.
 set -euo pipefail
 RUN=${1:-runs/synthetic}
 DATA=${DATA:-data/synthetic/round0}
-ROUNDS=${ROUNDS:-2}
-N_PEOPLE=${N_PEOPLE:-3000}
-N_TEMPLATES=${N_TEMPLATES:-1500}
+ROUNDS=${ROUNDS:-1}
+N_PEOPLE=${N_PEOPLE:-2000}
+N_TEMPLATES=${N_TEMPLATES:-600}
 CFG=configs/synthetic
 mkdir -p "$RUN/configs"
 if [[ "${QUICK:-0}" == 1 ]]; then N_PEOPLE=40; N_TEMPLATES=12; fi
@@ -18,7 +18,7 @@ if [[ "${QUICK:-0}" == 1 ]]; then N_PEOPLE=40; N_TEMPLATES=12; fi
 # configs with this run's paths (and, in quick mode, a few steps)
 for f in stage1-identity stage1-naive ica; do
   sed -e "s#\.\./\.\./data/synthetic/round0#$(realpath -m "$DATA")#" -e "s#\.\./\.\./runs/synthetic#$(realpath -m "$RUN")#" \
-      -e "s#idi/round-2/#idi/round-$ROUNDS/#" "$CFG/$f.yaml" > "$RUN/configs/$f.yaml"
+      -e "s#idi/round-1/#idi/round-$ROUNDS/#" "$CFG/$f.yaml" > "$RUN/configs/$f.yaml"
 done
 cp "$CFG/idi.yaml" "$RUN/configs/idi.yaml"
 if [[ -n "${NUM_WORKERS:-}" ]]; then  # data-loader processes (PNG decoding) for every training stage

@@ -79,6 +79,8 @@ class EmojiDiffConfig:
     base_model: str | None = None
     format_version: int = FORMAT_VERSION
     emojidiff_version: str = __version__
+    #: free-form record of how the weights were made (commands, data, steps); shipped adapters fill it in
+    training: dict | None = None
 
     @property
     def signature(self) -> UNetSignature:

@@ -173,6 +173,28 @@ def load_adapter_into(pipe, adapter: str | Path, base_name: str = "the base pipe
     return cfg, encoder
 
 
+def copy_adapter(src: str | Path, dst: str | Path, dtype=None, note: dict | None = None) -> Path:
+    """Copy an adapter folder (config, both weight files, image encoder), optionally casting the weights to ``dtype``
+    (shipped adapters are stored in float16: half the size; loading casts them to the pipeline's dtype) and adding
+    ``note`` (how it was made) to ``emojidiff.json``."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    src, dst = resolve_adapter(src), Path(dst)
+    cfg = EmojiDiffConfig.load(src)
+    check_weight_files(src, cfg)
+    dst.mkdir(parents=True, exist_ok=True)
+    save_branch_weights(dst, load_file(str(src / IDENTITY_WEIGHTS)), load_file(str(src / EXPRESSION_WEIGHTS)), dtype)
+    if (src / "image_encoder").is_dir() and src.resolve() != dst.resolve():
+        shutil.rmtree(dst / "image_encoder", ignore_errors=True)
+        shutil.copytree(src / "image_encoder", dst / "image_encoder")
+    if note:
+        cfg.training = {**(cfg.training or {}), **note}
+    cfg.save(dst)
+    return dst
+
+
 def describe_adapter(adapter: str | Path) -> dict:
     cfg = EmojiDiffConfig.load(resolve_adapter(adapter))
     return json.loads(cfg.to_json())
@@ -180,6 +202,7 @@ def describe_adapter(adapter: str | Path) -> dict:
 
 __all__ = [
     "BUNDLED_ADAPTERS",
+    "copy_adapter",
     "init_adapter",
     "load_adapter_into",
     "make_config",

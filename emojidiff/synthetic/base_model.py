@@ -150,6 +150,11 @@ def masked_face_crop(image: np.ndarray, box: tuple[float, float, float, float], 
     h, w = image.shape[:2]
     masked = image * ellipse_mask(h, w, box)[..., None]
     sq = crop_box(box)
+    # a face near the border (generated images) gives a square reaching outside the image: pad with black first
+    pad = int(np.ceil(max(0.0, -sq[0], -sq[1], sq[2] - w, sq[3] - h)))
+    if pad:
+        masked = np.pad(masked, ((pad, pad), (pad, pad), (0, 0)))
+        sq = tuple(v + pad for v in sq)
     pil = Image.fromarray((np.clip(masked, 0, 1) * 255 + 0.5).astype(np.uint8))
     crop = pil.resize((out_size, out_size), Image.BILINEAR, box=sq)
     return np.asarray(crop, dtype=np.float32) / 255.0

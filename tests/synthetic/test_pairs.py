@@ -51,3 +51,16 @@ def test_bundled_names(tmp_path, monkeypatch):
     with pytest.raises(AdapterError, match="bundled adapter 'synthetic-test' is not in this installation"):
         resolve_adapter("synthetic-test")
     assert set(BUNDLED_ADAPTERS) >= {"synthetic-naive", "synthetic-idi", "synthetic-ica"}
+
+
+def test_masked_face_crop_of_a_face_at_the_border():
+    """Generated images can put a face half outside the frame: the crop pads instead of failing."""
+    import numpy as np
+
+    from emojidiff.synthetic.base_model import masked_face_crop
+
+    img = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
+    inside = masked_face_crop(img, (20.0, 20.0, 44.0, 44.0))
+    assert inside.shape == (64, 64, 3)
+    edge = masked_face_crop(img, (-6.0, 40.0, 20.0, 70.0))
+    assert edge.shape == (64, 64, 3) and np.isfinite(edge).all() and edge.max() > 0
