@@ -1,24 +1,30 @@
 """Cost of one ICA optimisation step against one stage-1 step (time and peak memory), on CPU or GPU.
 
-One :class:`~emojidiff.ica.trainer.ICATrainer` is built on a random-weight world and its modes are toggled between
-steps, in the same process on the same weights, alternating so that machine load hits every mode alike:
+One :class:`~emojidiff.ica.trainer.ICATrainer` is built on a world (random weights except in ``synthetic``) and its
+modes are toggled between steps, in the same process on the same weights, alternating so that machine load hits every
+mode alike:
 
 * ``stage1``: the ICA weights λ_id = λ_exp = λ_align = 0, which is exactly a stage-1 step (see tests/test_ica.py);
 * ``ica``: diffusion loss on its own pass + identity-only pass + one-step pass through the VAE decoder;
 * ``ica-shared``: the diffusion loss on the one-step pass (one UNet pass fewer);
 * ``ica-taesd`` / ``ica-shared-taesd``: the same with a TAESD-sized ``AutoencoderTiny`` decoding x̂0.
 
-Worlds: ``tiny`` (the test models, 64 px) and ``sd15`` (the real SD1.5 UNet and VAE architectures with random
+Worlds: ``tiny`` (the test models, 64 px), ``sd15`` (the real SD1.5 UNet and VAE architectures with random
 weights; a 2-layer 768-wide text encoder and a tiny image encoder, since both only encode once per step without
 gradients in every mode; face models: an IResNet-50 recogniser and an IResNet-18 68-point landmark regressor on
-112 px resizes, random weights). Memory: the activations autograd saves for the backward pass (distinct tensors,
-parameters excluded; device-independent), and the peak allocation (CUDA) or the peak resident set size sampled every
-2 ms (CPU; process-wide and never falling, since freed memory stays with the allocator, so on a CPU only the first
-mode's figure is its own; ``tracemalloc`` cannot see torch's allocator at all).
+112 px resizes, random weights) and ``synthetic`` (the shipped synthetic world as configs/synthetic/ica.yaml trains
+it: bundled base, ``synthetic-idi`` as the starting adapter, face backend and ICA face models ``synthetic``, 64 px,
+batch 32, round-0 triplets of 32 people rendered on the fly; its TAESD-shaped decoder, random weights, has two
+upsampling stages and 8 latent channels to match the world's 4x VAE). Memory: the activations autograd saves for
+the backward pass (distinct tensors, parameters excluded; device-independent), and the peak allocation (CUDA) or the
+peak resident set size sampled every 2 ms (CPU; process-wide and never falling, since freed memory stays with the
+allocator, so on a CPU only the first mode's figure is its own; ``tracemalloc`` cannot see torch's allocator at all).
 
     OMP_NUM_THREADS=2 python bench/ica_step.py --world tiny --repeats 5
     OMP_NUM_THREADS=2 python bench/ica_step.py --world sd15 --resolution 256 --repeats 2 \
         --json bench/results/ica_step_sd15.json
+    OMP_NUM_THREADS=1 python bench/ica_step.py --world synthetic --repeats 5 \
+        --json bench/results/ica_step_synthetic.json
 """
 
 from __future__ import annotations
@@ -91,6 +97,16 @@ def build_world(kind: str, root: Path, resolution: int, n: int) -> dict:
     )
 
     torch.manual_seed(0)
+    if kind == "synthetic":  # the shipped world; the first 8 of write_round0's people are validation only
+        from emojidiff.adapter import resolve_adapter, resolve_base
+        from emojidiff.synthetic.pairs import write_round0
+
+        write_round0(root / "data", n_people=max(40, 8 + -(-n // 2)), per_person=2)
+        AutoencoderTiny(encoder_block_out_channels=(64, 64, 64), decoder_block_out_channels=(64, 64, 64),
+                        num_encoder_blocks=(1, 3, 3), num_decoder_blocks=(3, 3, 1),
+                        latent_channels=8).save_pretrained(root / "taesd")  # fmt: skip
+        return {"base": resolve_base("synthetic"), "adapter": str(resolve_adapter("synthetic-idi")),
+                "manifest": str(root / "data" / "triplets.jsonl"), "taesd": str(root / "taesd")}  # fmt: skip
     if kind == "tiny":
         pipe, id_dim = tiny_sd_pipeline(), 16
     else:
@@ -188,12 +204,12 @@ def set_mode(tr, mode: str, taesd) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--world", choices=("tiny", "sd15"), default="tiny")
-    ap.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny), 256 (sd15)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default: 2 (tiny), 1 (sd15)")
+    ap.add_argument("--world", choices=("tiny", "sd15", "synthetic"), default="tiny")
+    ap.add_argument("--resolution", type=int, default=None, help="default: 64 (tiny, synthetic), 256 (sd15)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 2 (tiny), 1 (sd15), 32 (synthetic)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    ap.add_argument("--no-gradient-checkpointing", action="store_true", help="default: on for sd15, off for tiny")
+    ap.add_argument("--no-gradient-checkpointing", action="store_true", help="default: on for sd15, off otherwise")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", default=None)
     ap.add_argument("--flops", action="store_true", help="count FLOPs of one step per mode (forward, backward and "
@@ -208,10 +224,10 @@ def main() -> None:
     from emojidiff.train.loop import step_generator
 
     set_seed(0)
-    tiny = args.world == "tiny"
-    res = args.resolution or (64 if tiny else 256)
-    bs = args.batch_size or (2 if tiny else 1)
-    gc = (not tiny) and not args.no_gradient_checkpointing
+    tiny, synth = args.world == "tiny", args.world == "synthetic"
+    res = args.resolution or (64 if tiny or synth else 256)
+    bs = args.batch_size or (2 if tiny else 32 if synth else 1)
+    gc = args.world == "sd15" and not args.no_gradient_checkpointing
     root = Path(tempfile.mkdtemp(prefix="ica-bench-"))
     t0 = time.perf_counter()
     world = build_world(args.world, root, res, max(2, bs))
@@ -219,10 +235,12 @@ def main() -> None:
         base=world["base"], adapter=world["adapter"], train_manifest=world["manifest"], output_dir=str(root / "run"),
         resolution=res, batch_size=bs, report_to="none", validation_steps=0, gradient_checkpointing=gc,
         drop_text=0, drop_identity=0, drop_expression=0, drop_all=0, train_branches=["identity", "expression"],
-        ica={"face_models": {"name": "bench"}, "lambda_id": 1.0, "lambda_exp": 0.5, "lambda_align": 0.1,
-             "decoder": world["taesd"], "checkpoint_decode": gc},
+        face_backend="synthetic" if synth else None,
+        ica={"face_models": {"name": "synthetic" if synth else "bench"}, "lambda_id": 1.0, "lambda_exp": 0.5,
+             "lambda_align": 0.1, "decoder": world["taesd"], "checkpoint_decode": gc,
+             **({"ani_target_sim": 0.7} if synth else {})},
     )  # fmt: skip
-    tr = ICATrainer(cfg, face_models=BenchFaceModels(small=tiny))
+    tr = ICATrainer(cfg, face_models=None if synth else BenchFaceModels(small=tiny))
     taesd = tr.tiny_decoder
     setup_s = time.perf_counter() - t0
     dev = tr.accelerator.device
