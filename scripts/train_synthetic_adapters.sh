@@ -4,8 +4,8 @@
 # Usage: bash scripts/train_synthetic_adapters.sh [RUN_DIR]        (defaults: runs/synthetic, data/synthetic)
 #   QUICK=1   tiny data and a few steps of everything (smoke test, a few minutes on a CPU)
 #   ROUNDS=N  IDI rounds (default 1); N_PEOPLE, N_TEMPLATES: data sizes (default 2000, 600)
-#   NPROC=N   processes for IDI and ICA (default 2, as the shipped adapters were made on 2 CPU cores; the ICA batch
-#             in configs/synthetic/ica.yaml is per process). One GPU: NPROC=1 and double ica.yaml's batch_size.
+#   NPROC=N   processes for IDI (default 2, as the shipped adapters were made on 2 CPU cores; its training batch in
+#             configs/synthetic/idi.yaml is per process). One GPU: NPROC=1 and double that batch_size.
 # Every stage is skipped when its output exists, so the script can be run again after an interruption.
 set -euo pipefail
 RUN=${1:-runs/synthetic}
@@ -45,5 +45,5 @@ head -n "$N_TEMPLATES" "$DATA/templates.jsonl" > "$DATA/templates-idi.jsonl"
 LAUNCH="torchrun --standalone --nproc_per_node ${NPROC:-2} -m emojidiff"
 $LAUNCH idi --adapter "$RUN/naive/adapter" --templates "$DATA/templates-idi.jsonl" \
     --identities "$DATA/identities.jsonl" --out "$RUN/idi" --rounds "$ROUNDS" --config "$RUN/configs/idi.yaml"
-[[ -f "$RUN/ica/adapter/emojidiff.json" ]] || $LAUNCH ica --config "$RUN/configs/ica.yaml" --resume latest
+[[ -f "$RUN/ica/adapter/emojidiff.json" ]] || emojidiff ica --config "$RUN/configs/ica.yaml" --resume latest
 echo "adapters: $RUN/naive/adapter $RUN/idi/round-$ROUNDS/train/adapter $RUN/ica/adapter"

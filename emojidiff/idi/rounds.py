@@ -87,13 +87,9 @@ def run_idi(
     cfg = cfg or IDIConfig()
     if rounds < 1:
         raise InputError("--rounds must be at least 1")
-    import os
+    from ..train.loop import multi_cpu
 
-    import torch
-
-    # torchrun/accelerate on a machine without CUDA: Accelerate only goes multi-process on CPU when asked to
-    cpu_multi = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    state = PartialState(cpu=True) if cpu_multi else PartialState()
+    state = PartialState(cpu=True) if multi_cpu() else PartialState()
     out = Path(out)
     tpl = read_sources(templates, "templates manifest")
     ids = read_sources(identities, "identities manifest")

@@ -33,6 +33,17 @@ TRAINABLE_FILE = "trainable.safetensors"
 STATE_FILE = "training_state.json"
 
 
+def multi_cpu() -> bool:
+    """True when launched as several processes (torchrun / accelerate launch) on a machine without CUDA.
+
+    Accelerate only joins CPU processes into one process group when asked (``cpu=True``); without it each process
+    silently trains alone as "rank 0 of 1", duplicating the same run.
+    """
+    import os
+
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 1009 + micro * 101 + rank) % (2**63))
 
@@ -106,6 +117,7 @@ class Trainer:
             except ImportError:
                 log_with = None
         self.accelerator = Accelerator(
+            cpu=multi_cpu(),
             gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision=cfg.mixed_precision,
             log_with=log_with,
