@@ -171,11 +171,11 @@ class EmojiDiffPipeline:
         return self._template_cache.get_or(("null",), compute)
 
     def ip_adapter_embeds(
-        self, identity: np.ndarray | None, expression: torch.Tensor | None, do_cfg: bool, batch: int = 1
+        self, identity: np.ndarray | None, expression: torch.Tensor | None, do_cfg: bool
     ) -> list[torch.Tensor]:
         """The ``ip_adapter_image_embeds`` list diffusers takes: ``[identity, expression]``, negatives first.
 
-        ``batch`` is the number of prompts; each gets the same identity and expression.
+        One row per input: diffusers' pipelines tile it to every prompt and image themselves.
         """
         dtype, device = self.dtype, self.pipe.unet.device
         id_pos = (
@@ -183,11 +183,11 @@ class EmojiDiffPipeline:
         )
         null = self.null_expression()
         exp_pos = (null if expression is None else expression)[None, None]
-        id_pos = id_pos.to(device=device, dtype=dtype).repeat_interleave(batch, 0)
-        exp_pos = exp_pos.to(device=device, dtype=dtype).repeat_interleave(batch, 0)
+        id_pos = id_pos.to(device=device, dtype=dtype)
+        exp_pos = exp_pos.to(device=device, dtype=dtype)
         if not do_cfg:
             return [id_pos, exp_pos]
-        exp_neg = null[None, None].to(device=device, dtype=dtype).repeat_interleave(batch, 0)
+        exp_neg = null[None, None].to(device=device, dtype=dtype)
         return [torch.cat([torch.zeros_like(id_pos), id_pos]), torch.cat([exp_neg, exp_pos])]
 
     def set_scales(self, id_scale: float, exp_scale: float) -> None:
@@ -231,12 +231,11 @@ class EmojiDiffPipeline:
         if generator is None and seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
         do_cfg = guidance_scale > 1 and self.pipe.unet.config.get("time_cond_proj_dim") is None
-        batch = len(prompt) if isinstance(prompt, list) else 1
         try:
             return self.pipe(
                 prompt=prompt,
                 negative_prompt=negative_prompt,
-                ip_adapter_image_embeds=self.ip_adapter_embeds(id_emb, exp_feats, do_cfg, batch),
+                ip_adapter_image_embeds=self.ip_adapter_embeds(id_emb, exp_feats, do_cfg),
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
                 generator=generator,

@@ -137,7 +137,7 @@ def generate_batch(
     do_cfg = guidance > 1 and pipe.unet.config.get("time_cond_proj_dim") is None
     has_exp = any(e is not None for e in expressions)
     pipe.set_scales(id_scale, exp_scale if has_exp else 0.0)
-    per = [pipe.ip_adapter_embeds(i, e, do_cfg, 1) for i, e in zip(identities, expressions, strict=True)]
+    per = [pipe.ip_adapter_embeds(i, e, do_cfg) for i, e in zip(identities, expressions, strict=True)]
     embeds = []
     for branch in range(len(per[0])):
         parts = [p[branch] for p in per]

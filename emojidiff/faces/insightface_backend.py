@@ -25,7 +25,7 @@ from ..errors import FaceBackendError
 from .base import Face
 from .mediapipe_backend import MAX_PITCH, MAX_YAW, MIN_FACE_PX, MediaPipeFaceAnalyzer
 from .recognizers import Recognizer
-from .regions import FaceRegionMixin, attach_mesh
+from .regions import FaceRegionMixin, attach_mesh, finish_notes
 from .scrfd import ScrfdDetector
 
 
@@ -83,12 +83,7 @@ class InsightFaceAnalyzer(FaceRegionMixin):
                     attach_mesh(face, lm3, notes, MAX_YAW, MAX_PITCH)
                 else:
                     notes.append("no landmarks found (face turned away, occluded or blurred): using a rough alignment")
-            if face.size < MIN_FACE_PX:
-                notes.append(
-                    f"small face ({face.size:.0f} px, at least {MIN_FACE_PX} px recommended): "
-                    "identity and expression will be unreliable"
-                )
-            face.extra["warnings"] = notes
+            finish_notes(face, notes, MIN_FACE_PX)
             faces.append(face)
         return faces
 

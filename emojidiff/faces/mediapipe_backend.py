@@ -28,7 +28,7 @@ from ..errors import FaceBackendError
 from . import geometry as g
 from .base import Face
 from .recognizers import Recognizer
-from .regions import FaceQualityWarning, FaceRegionMixin, attach_mesh  # noqa: F401 (FaceQualityWarning: public here too)
+from .regions import FaceQualityWarning, FaceRegionMixin, attach_mesh, finish_notes  # noqa: F401 (FaceQualityWarning: public here too)
 
 #: faces smaller than this (pixels, shorter box side) are flagged: identity and expression become unreliable
 MIN_FACE_PX = 64
@@ -227,12 +227,7 @@ class MediaPipeFaceAnalyzer(FaceRegionMixin):
                 half = (eye_r - eye_l) * 0.415
                 face.extra["points5"] = np.stack([eye_l, eye_r, nose, mouth - half, mouth + half])
                 notes.append("no landmarks found (face turned away, occluded or blurred): using a rough alignment")
-            if face.size < MIN_FACE_PX:
-                notes.append(
-                    f"small face ({face.size:.0f} px, at least {MIN_FACE_PX} px recommended): "
-                    "identity and expression will be unreliable"
-                )
-            face.extra["warnings"] = notes
+            finish_notes(face, notes, MIN_FACE_PX)
         confident = [f for f in kept if f.score >= 0.75]
         rest = [f for f in kept if f.score < 0.75]
         confident.sort(key=lambda f: -f.size)

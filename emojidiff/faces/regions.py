@@ -35,6 +35,16 @@ def attach_mesh(face: Face, lm3: np.ndarray, notes: list[str], max_yaw: float, m
         )
 
 
+def finish_notes(face: Face, notes: list[str], min_face_px: int) -> None:
+    """Add the small-face warning where it applies and store the notes as ``face.extra["warnings"]``."""
+    if face.size < min_face_px:
+        notes.append(
+            f"small face ({face.size:.0f} px, at least {min_face_px} px recommended): "
+            "identity and expression will be unreliable"
+        )
+    face.extra["warnings"] = notes
+
+
 class FaceRegionMixin:
     """Masks and crops from landmarks. The class using it sets ``crop_fill`` (the RGB fill outside the face)."""
 

@@ -96,7 +96,7 @@ class DiffusionReID:
         exp_scale = cfg.exp_scale if cfg.reid_exp_scale is None else cfg.reid_exp_scale
         pipe.set_scales(id_scale, exp_scale)
         do_cfg = cfg.guidance_scale > 1 and pipe.pipe.unet.config.get("time_cond_proj_dim") is None
-        embeds = pipe.ip_adapter_embeds(identity, pipe.encode_expression(g), do_cfg, 1)
+        embeds = pipe.ip_adapter_embeds(identity, pipe.encode_expression(g), do_cfg)
         out = self.i2i(
             prompt=prompt,
             negative_prompt=cfg.negative_prompt,

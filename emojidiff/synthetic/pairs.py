@@ -11,6 +11,7 @@ and expression must come from the two branches, not from caption words.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,4 @@ def write_round0(
 
 
 def _dumps(d: dict) -> str:
-    import json
-
     return json.dumps(d, sort_keys=True)
