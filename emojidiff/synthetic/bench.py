@@ -117,6 +117,7 @@ def bench_base(
         expr = ev.expression(x).numpy()
     pred = {k: v.argmax(1).numpy() for k, v in logits.items()}
     acc, both = _style_scores(pred, portraits)
+    ceiling, _ = _style_scores(_vae_round_trip_styles(pipe.vae, style, portraits), portraits)
     from .factors import TEMPLATE_WORDS, Expression, nearest_template
 
     words = [TEMPLATE_WORDS[nearest_template(Expression.from_vector(e))] for e in expr]
@@ -139,6 +140,18 @@ def bench_base(
         "face_presence_rate": float((presence >= 0.5).mean()),
         "style_word_accuracy": acc,
         "background_and_shading_followed": both,
+        # the same words read on VAE reconstructions of the prompts' own renders: what a perfect UNet could reach
+        "style_word_accuracy_vae_round_trip": ceiling,
         "expression_word_followed": expr_ok,
         "sampling_seconds": round(seconds, 1),
     }
+
+
+@torch.no_grad()
+def _vae_round_trip_styles(vae, style, portraits) -> dict:
+    from .render import render_array
+
+    x = torch.from_numpy(np.ascontiguousarray(render_array(portraits, 64))).permute(0, 3, 1, 2).float()
+    rec = torch.cat([vae.decode(vae.encode(b * 2 - 1).latent_dist.mean).sample for b in x.split(50)])
+    logits = style((rec / 2 + 0.5).clamp(0, 1))
+    return {k: v.argmax(1).numpy() for k, v in logits.items()}

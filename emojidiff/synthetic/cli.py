@@ -71,7 +71,12 @@ def gallery_cmd(out: str, size: int) -> None:
 @world.command("pretrain")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, stages).")
 @click.option("--quick", is_flag=True, help="A few steps of every stage on a few images (for tests).")
-@click.option("--resume", is_flag=True, help="Continue a run in OUT: finished stages are skipped, the UNet resumes.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue a run in OUT: finished stages are skipped, the UNet resumes (a --unet-steps above a finished "
+    "UNet's continues it from its last checkpoint).",
+)
 @click.option(
     "--stages",
     default=",".join(STAGES),
@@ -142,8 +147,16 @@ def sample_cmd(prompt, n, out, base, steps, guidance, seed) -> None:
 @click.option("--base", type=click.Path(file_okay=False), default=None, help="Base model folder (default: shipped).")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here.")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Save a grid of base samples.")
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=1.0),
+    multiple=True,
+    help="Guidance scale(s) of the base samples (repeatable; default 4).",
+)
 @user_errors
-def bench_cmd(what: str, n: int, base: str | None, json_out: str | None, grid: str | None) -> None:
+def bench_cmd(
+    what: str, n: int, base: str | None, json_out: str | None, grid: str | None, guidance: tuple[float, ...]
+) -> None:
     """Measure the shipped analysers (held-out people) and the base model (face presence, style following)."""
     import json
 
@@ -158,7 +171,10 @@ def bench_cmd(what: str, n: int, base: str | None, json_out: str | None, grid: s
     if what in ("analysers", "all"):
         res["analysers"] = bench_analysers()
     if what in ("base", "all"):
-        res["base"] = bench_base(base, n=n, save_grid=grid)
+        scales = guidance or (4.0,)
+        res["base"] = bench_base(base, n=n, guidance=scales[0], save_grid=grid)
+        for g in scales[1:]:
+            res[f"base_guidance_{g:g}"] = bench_base(base, n=n, guidance=g)
     text = json.dumps(res, indent=2)
     if json_out:
         Path(json_out).write_text(text)

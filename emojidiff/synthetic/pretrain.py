@@ -5,11 +5,14 @@ Stages (each writes under ``OUT`` and is recorded in ``OUT/state.json`` when don
 1. ``analysers`` — the training and evaluation face analysers (identity, face/expression) and the evaluation
    style classifier;
 2. ``data`` — renders and captions for the base model (cached as .npy);
-3. ``vae`` — the AutoencoderKL (64 px <-> 16x16x4), then the latent scaling factor;
+3. ``vae`` — the AutoencoderKL (64 px <-> 16x16x8, trained on 32 px crops), then the latent scaling factor;
+   ``decoder`` — its decoder alone fine-tuned on whole images with a low-frequency colour loss (the encoder, so
+   every latent, is unchanged): crop training leaves pale tints (sketch backgrounds) a shade off;
 4. ``clip`` — CLIP text + vision towers trained contrastively on (render, caption) and (masked face crop,
    expression caption) pairs, then split into the pipeline's ``CLIPTextModel`` and a frozen
    ``CLIPVisionModelWithProjection`` image encoder;
-5. ``unet`` — the UNet, epsilon prediction with min-SNR weighting and 10 % caption dropout (for guidance),
+5. ``unet`` — the UNet, v-prediction on a zero-terminal-SNR schedule with min-SNR weighting and 10 % caption
+   dropout (for guidance),
    checkpointed every ``ckpt_every`` steps (``--resume`` continues from the last one);
 6. ``assemble`` — a ``StableDiffusionPipeline`` saved with ``save_pretrained`` in ``OUT/base``.
 """
@@ -56,6 +59,8 @@ class PretrainConfig:
     vae_batch: int = 32
     vae_crop: int = 32
     vae_lr: float = 2e-3
+    decoder_steps: int = 400
+    decoder_lr: float = 2e-4
     clip_steps: int = 800
     clip_batch: int = 128
     unet_steps: int = 2500
@@ -63,6 +68,9 @@ class PretrainConfig:
     unet_lr: float = 6e-4
     ckpt_every: int = 250
     caption_dropout: float = 0.1
+    #: v-prediction on a zero-terminal-SNR schedule (``base_model.make_scheduler``); False is the plain
+    #: epsilon / scaled-linear schedule of Stable Diffusion 1.5, which leaves background colours unfollowed.
+    zero_snr: bool = True
     stages: list[str] = field(default_factory=lambda: list(STAGES))
 
     @classmethod
@@ -75,6 +83,7 @@ class PretrainConfig:
             style_steps=2,
             vae_steps=2,
             vae_batch=4,
+            decoder_steps=2,
             clip_steps=2,
             clip_batch=8,
             unet_steps=3,
@@ -114,18 +123,31 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=pri
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     state = _State(out)
+    ran = False
     for stage in STAGES:
         if stage not in cfg.stages:
             continue
-        if state.done(stage):
+        if stage == "assemble" and ran:
+            log("[assemble] assembling the base again from the stages just run")
+        elif stage == "unet" and _unet_extended(state, cfg):
+            log(f"[{stage}] continuing to {cfg.unet_steps} UNet steps (was {state.data['done']['unet']['steps']})")
+        elif state.done(stage):
             log(f"[{stage}] already done, skipped")
             continue
         t0 = time.time()
         info = globals()[f"_stage_{stage}"](out, cfg, log) or {}
+        ran = True
         info["seconds"] = round(time.time() - t0, 1)
         state.finish(stage, info)
         log(f"[{stage}] done in {info['seconds']:.0f}s")
     return state.data
+
+
+def _unet_extended(state: _State, cfg: PretrainConfig) -> bool:
+    """``--resume --unet-steps N`` with N above a finished UNet's step count continues it from its last
+    checkpoint."""
+    unet = state.data["done"].get("unet")
+    return unet is not None and "unet" in cfg.stages and cfg.unet_steps > int(unet.get("steps", 0))
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -238,6 +260,49 @@ def _stage_vae(out: Path, cfg: PretrainConfig, log) -> dict:
     return {"reconstruction_mae": mae, "scaling_factor": scaling, "steps": cfg.vae_steps, "batch": cfg.vae_batch}
 
 
+def _stage_decoder(out: Path, cfg: PretrainConfig, log) -> dict:
+    from diffusers import AutoencoderKL
+
+    images, _, _, _ = _load_data(out)
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    latents = _encode_latents(out, images, vae.eval())  # cached for the UNet stage too: the encoder stays as is
+    rng = np.random.default_rng(cfg.seed + 5)
+    check = np.sort(rng.choice(len(images), min(512, len(images)), replace=False))
+
+    def mae() -> float:
+        with torch.no_grad():
+            rec = torch.cat([_decode(vae, latents[check[k : k + 64]]) for k in range(0, len(check), 64)])
+        return (rec.clamp(-1, 1) - _to_unit(images[check])).abs().mean().item() / 2.0
+
+    before = mae()
+    vae.requires_grad_(False).train()
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
+    for step in tqdm(range(cfg.decoder_steps), desc="decoder", mininterval=5):
+        _lr(opt, step, cfg.decoder_steps, cfg.decoder_lr, warmup=20)
+        idx = np.sort(rng.choice(len(images), cfg.vae_batch, replace=False))
+        x = _to_unit(images[idx])
+        rec = _decode(vae, latents[idx])
+        low = F.mse_loss(F.avg_pool2d(rec, 8), F.avg_pool2d(x, 8))  # the colour of each 8x8 patch
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + 10.0 * low
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0:
+            log(f"[decoder] step {step}/{cfg.decoder_steps} loss {loss.item():.4f}")
+    vae.eval()
+    after = mae()
+    vae.save_pretrained(out / "vae")
+    log(f"[decoder] reconstruction MAE {before:.4f} -> {after:.4f} (of 1)")
+    return {"steps": cfg.decoder_steps, "batch": cfg.vae_batch, "mae_before": before, "mae_after": after}
+
+
+def _decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(latents / vae.config.scaling_factor).sample
+
+
 def _stage_clip(out: Path, cfg: PretrainConfig, log) -> dict:
     from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionModelWithProjection
 
@@ -347,7 +412,8 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     del vae
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
-    noise_sched = DDPMScheduler.from_config(make_scheduler().config)
+    noise_sched = DDPMScheduler.from_config(make_scheduler(cfg.zero_snr).config)
+    v_pred = noise_sched.config.prediction_type == "v_prediction"
     alphas = noise_sched.alphas_cumprod
     start = 0
     ckpts = _checkpoints(out, "unet")
@@ -379,8 +445,11 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         zt = noise_sched.add_noise(z0, noise, t)
         pred = unet(zt, t, cond).sample
         snr = alphas[t] / (1 - alphas[t])
-        w = torch.clamp(snr, max=5.0) / snr
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        if v_pred:  # min-SNR-5 for v (Hang et al. 2023), floored at 1 so the zero-SNR end still trains
+            target, w = noise_sched.get_velocity(z0, noise, t), snr.clamp(min=1.0, max=5.0) / (snr + 1)
+        else:
+            target, w = noise, torch.clamp(snr, max=5.0) / snr
+        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -392,7 +461,12 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
             log(f"[unet] step {step}/{cfg.unet_steps} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
         _checkpoint(out, "unet", unet, step + 1, cfg)
     unet.eval().save_pretrained(out / "unet")
-    return {"steps": cfg.unet_steps, "batch": cfg.unet_batch, "final_loss": float(np.mean(losses[-100:] or [0]))}
+    return {
+        "steps": cfg.unet_steps,
+        "batch": cfg.unet_batch,
+        "prediction_type": noise_sched.config.prediction_type,
+        "final_loss": float(np.mean(losses[-100:] or [0])),
+    }
 
 
 def _stage_assemble(out: Path, cfg: PretrainConfig, log) -> dict:
@@ -404,7 +478,7 @@ def _stage_assemble(out: Path, cfg: PretrainConfig, log) -> dict:
         text_encoder=CLIPTextModel.from_pretrained(out / "text_encoder"),
         tokenizer=CLIPTokenizer.from_pretrained(out / "tokenizer"),
         unet=UNet2DConditionModel.from_pretrained(out / "unet"),
-        scheduler=make_scheduler(),
+        scheduler=make_scheduler(cfg.zero_snr),
         safety_checker=None,
         feature_extractor=None,
         image_encoder=CLIPVisionModelWithProjection.from_pretrained(out / "image_encoder"),

@@ -1,3 +1,3 @@
 """Stage names of `emojidiff world pretrain` (kept import-light for the CLI)."""
 
-STAGES = ("analysers", "data", "vae", "clip", "unet", "assemble")
+STAGES = ("analysers", "data", "vae", "decoder", "clip", "unet", "assemble")

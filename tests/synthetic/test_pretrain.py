@@ -23,7 +23,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_pretrain_writes_every_stage(quick_run):
     state = json.loads((quick_run / "state.json").read_text())
-    assert list(state["done"]) == ["analysers", "data", "vae", "clip", "unet", "assemble"]
+    assert list(state["done"]) == ["analysers", "data", "vae", "decoder", "clip", "unet", "assemble"]
     for kind in ("train", "eval"):
         for f in ("identity.safetensors", "face.safetensors", "config.json"):
             assert (quick_run / "analysers" / kind / f).is_file()
@@ -50,6 +50,42 @@ def test_resume_skips_finished_stages_and_refuses_to_overwrite(quick_run):
     res = runner.invoke(main, ["world", "pretrain", "--quick", "--resume", "--out", str(quick_run)])
     assert res.exit_code == 0, res.output
     assert "already done" in res.output
+
+
+def test_base_samples_with_v_prediction_on_a_zero_terminal_snr_schedule(quick_run):
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_pretrained(str(quick_run / "base"), subfolder="scheduler")
+    assert sched.config.prediction_type == "v_prediction" and sched.config.timestep_spacing == "trailing"
+    assert float(sched.alphas_cumprod[-1]) < 1e-6  # x_T holds nothing of the image
+    state = json.loads((quick_run / "state.json").read_text())
+    assert state["done"]["unet"]["prediction_type"] == "v_prediction"
+
+
+def test_decoder_stage_leaves_the_encoder_and_so_every_latent_unchanged(quick_run):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(quick_run / "vae"))
+    crop_trained = AutoencoderKL.from_pretrained(sorted((quick_run / "checkpoints").glob("vae-*"))[-1])
+    for name in ("encoder", "quant_conv"):
+        kept = getattr(crop_trained, name).state_dict()
+        for k, v in getattr(vae, name).state_dict().items():
+            assert torch.equal(v, kept[k]), k
+    assert not torch.equal(vae.decoder.conv_out.weight, crop_trained.decoder.conv_out.weight)
+
+
+def test_resume_with_more_unet_steps_continues_the_unet_and_assembles_again(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "w"
+    args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data,vae,clip,unet,assemble"]
+    assert runner.invoke(main, args).exit_code == 0
+    first = (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    res = runner.invoke(main, [*args, "--resume", "--stages", "unet,assemble", "--unet-steps", "5"])
+    assert res.exit_code == 0, res.output
+    assert "continuing to 5 UNet steps (was 3)" in res.output and "resuming from unet-3" in res.output
+    state = json.loads((out / "state.json").read_text())
+    assert state["done"]["unet"]["steps"] == 5
+    assert (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != first
 
 
 def test_sample_command(quick_run, tmp_path):

@@ -35,3 +35,26 @@ def test_plain_diffusers_loads_the_shipped_base_and_samples_faces():
         x = torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2).float()
         with torch.no_grad():
             assert (SyntheticAnalysers("eval").presence(x) > 0.5).float().mean() >= 0.75
+
+
+def test_world_bench_base_reports_each_guidance_and_the_vae_round_trip(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from emojidiff.cli import main
+
+    torch.set_num_threads(1)
+    out = tmp_path / "base.json"
+    args = ["world", "bench", "--what", "base", "--n", "10", "--guidance", "4", "--guidance", "2"]
+    args += ["--json-out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    figures = json.loads(out.read_text())
+    assert [figures["base"]["guidance"], figures["base_guidance_2"]["guidance"]] == [4.0, 2.0]
+    for k in ("background", "shading", "palette", "glasses", "hat"):
+        assert 0.0 <= figures["base"]["style_word_accuracy_vae_round_trip"][k] <= 1.0
+    assert (
+        figures["base"]["style_word_accuracy_vae_round_trip"]
+        == figures["base_guidance_2"]["style_word_accuracy_vae_round_trip"]
+    )
