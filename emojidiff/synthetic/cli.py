@@ -81,7 +81,7 @@ def gallery_cmd(out: str, size: int) -> None:
     "--stages",
     default=",".join(STAGES),
     show_default=True,
-    help="Comma-separated subset of the stages to run.",
+    help="Comma-separated subset of the stages to run. The analysers can run as a second process on the same OUT.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--unet-steps", type=click.IntRange(min=1), default=None, help="Override the UNet step count.")

@@ -15,12 +15,16 @@ Stages (each writes under ``OUT`` and is recorded in ``OUT/state.json`` when don
    dropout (for guidance),
    checkpointed every ``ckpt_every`` steps (``--resume`` continues from the last one);
 6. ``assemble`` — a ``StableDiffusionPipeline`` saved with ``save_pretrained`` in ``OUT/base``.
+
+The analysers share nothing with the other stages, so on two cores they can run as a second process on the same
+``OUT`` (``--stages analysers`` beside ``--stages data,vae,decoder,clip,unet,assemble``); ``state.json`` keeps both.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -101,8 +105,12 @@ class _State:
         return stage in self.data["done"]
 
     def finish(self, stage: str, info: dict) -> None:
+        # Re-read first: two `world pretrain` processes may share OUT (say the analysers beside the base stages,
+        # one per core), and each must keep the stages the other has finished meanwhile.
+        if self.path.is_file():
+            self.data = json.loads(self.path.read_text())
         self.data["done"][stage] = info
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(self.data, indent=2))
         tmp.replace(self.path)
 

@@ -88,6 +88,16 @@ def test_resume_with_more_unet_steps_continues_the_unet_and_assembles_again(tmp_
     assert (out / "base" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != first
 
 
+def test_two_processes_sharing_a_run_folder_keep_each_others_stages(tmp_path):
+    from emojidiff.synthetic.pretrain import _State
+
+    a, b = _State(tmp_path), _State(tmp_path)  # both loaded before either finished a stage
+    a.finish("analysers", {"seconds": 1})
+    b.finish("data", {"seconds": 2})
+    a.finish("vae", {"seconds": 3})
+    assert list(_State(tmp_path).data["done"]) == ["analysers", "data", "vae"]
+
+
 def test_sample_command(quick_run, tmp_path):
     res = CliRunner().invoke(
         main,
