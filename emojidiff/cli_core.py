@@ -54,8 +54,9 @@ def init_adapter_cmd(
     from .faces import get_face_analyzer
 
     get_face_analyzer(face_backend)  # unknown names fail here, not at generation time
-    if image_encoder is None and (Path(resolve_base(base)) / "image_encoder" / "config.json").is_file():
-        image_encoder = str(Path(resolve_base(base)) / "image_encoder")
+    own_encoder = Path(resolve_base(base)) / "image_encoder"
+    if image_encoder is None and (own_encoder / "config.json").is_file():
+        image_encoder = str(own_encoder)
     cfg = init_adapter(
         base,
         out,
@@ -89,12 +90,15 @@ DEFAULT_ADAPTERS = ("synthetic-ica", "synthetic-idi")
 
 def default_adapter() -> str:
     """The first bundled adapter of DEFAULT_ADAPTERS that is installed."""
-    from .adapter import BUNDLED_ADAPTERS
+    from .adapter import resolve_adapter
     from .errors import AdapterError
 
     for name in DEFAULT_ADAPTERS:
-        if (BUNDLED_ADAPTERS[name] / "emojidiff.json").is_file():
+        try:
+            resolve_adapter(name)  # raises when the bundle is not installed
             return name
+        except AdapterError:
+            continue
     raise AdapterError(f"no --adapter given and no bundled adapter ({', '.join(DEFAULT_ADAPTERS)}) is installed")
 
 

@@ -147,7 +147,7 @@ def case_seed(seed: int, identity_id: int, template_id: int) -> int:
 
 def ideal_output(case: Case, size: int = 64) -> Image.Image:
     """The picture a perfect method would make for ``case``: its person, the template's expression, the prompt's
-    style (a real render, the reference of the feature-statistics quality score)."""
+    style (a real render, shown beside the outputs in the benchmark's grid)."""
     iid = int(case.meta["identity_id"])
     p = Portrait(iid, Identity.from_id(iid), Expression.from_dict(case.meta["template_expression"]),
                  Style.from_dict(case.meta["prompt_style"]))  # fmt: skip

@@ -162,7 +162,7 @@ def bench_cmd(
 
     import torch
 
-    from .bench import bench_analysers, bench_base, bench_render
+    from .bench import bench_analysers, bench_base_guidances, bench_render
 
     torch.manual_seed(0)
     res = {}
@@ -172,9 +172,9 @@ def bench_cmd(
         res["analysers"] = bench_analysers()
     if what in ("base", "all"):
         scales = guidance or (4.0,)
-        res["base"] = bench_base(base, n=n, guidance=scales[0], save_grid=grid)
-        for g in scales[1:]:
-            res[f"base_guidance_{g:g}"] = bench_base(base, n=n, guidance=g)
+        figures = bench_base_guidances(base, scales, n=n, save_grid=grid)
+        for k, (g, f) in enumerate(zip(scales, figures, strict=True)):
+            res["base" if k == 0 else f"base_guidance_{g:g}"] = f
     text = json.dumps(res, indent=2)
     if json_out:
         Path(json_out).write_text(text)

@@ -31,7 +31,7 @@ def sample_portraits(n: int, seed: int, identity_ids: tuple[int, int] = TRAIN_ID
 
 
 def sample_identity_sets(
-    n_ids: int, per_id: int, seed: int, identity_ids: tuple[int, int] = TRAIN_IDS
+    n_ids: int, per_id: int, seed: int | list[int], identity_ids: tuple[int, int] = TRAIN_IDS
 ) -> list[Portrait]:
     """``n_ids`` people with ``per_id`` portraits each (random expression and style), grouped by person."""
     rng = np.random.default_rng(seed)
@@ -43,21 +43,32 @@ def sample_identity_sets(
     return out
 
 
-def write_renders(portraits: list[Portrait], out: str | Path, size: int = 64, chunk: int = 256) -> Path:
-    """Write ``00000000.png``... and ``manifest.jsonl`` (one record per image) into ``out``; returns the manifest."""
+def write_renders(
+    portraits: list[Portrait],
+    out: str | Path,
+    size: int = 64,
+    chunk: int = 256,
+    *,
+    subfolder: str = "",
+    manifest: str = "manifest.jsonl",
+    digits: int | None = None,
+) -> Path:
+    """Write ``000000.png``... (into ``out/subfolder`` if given) and ``out/manifest`` (one record per image, its
+    ``file`` relative to ``out``); returns the manifest's path."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest = out / "manifest.jsonl"
-    width = max(6, len(str(len(portraits))))
-    with open(manifest, "w") as f:
+    (out / subfolder).mkdir(parents=True, exist_ok=True)
+    path = out / manifest
+    width = digits or max(6, len(str(len(portraits))))
+    prefix = f"{subfolder}/" if subfolder else ""
+    with open(path, "w") as f:
         for start in range(0, len(portraits), chunk):
             batch = portraits[start : start + chunk]
             for k, (p, img) in enumerate(zip(batch, render(batch, size), strict=True)):
-                name = f"{start + k:0{width}d}.png"
+                name = f"{prefix}{start + k:0{width}d}.png"
                 img.save(out / name)
                 rec = {"file": name, "size": size, **p.to_record()}
                 f.write(json.dumps(rec) + "\n")
-    return manifest
+    return path
 
 
 def read_manifest(path: str | Path) -> Iterator[dict]:

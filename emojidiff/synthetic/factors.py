@@ -330,18 +330,24 @@ def caption(identity: Identity, expression: Expression, style: Style) -> str:
     """e.g. 'a shaded pastel portrait of a smiling person with red curly hair, blue eyes and glasses, on a green
     background'. Every style factor and the main appearance factors are named, so prompts can steer them."""
     word = TEMPLATE_WORDS[nearest_template(expression)]
-    palette = "" if style.palette == "natural" else style.palette + " "
+    palette, accessories = style_words(style)
     hair = "bald" if identity.hair_style == "bald" else f"{identity.hair_colour} {identity.hair_style} hair"
-    parts = [hair, f"{identity.eye_colour} eyes"]
-    if style.glasses != "none":
-        parts.append(f"{style.glasses} glasses")
-    if style.hat != "none":
-        parts.append(f"a {style.hat} hat")
+    parts = [hair, f"{identity.eye_colour} eyes", *accessories]
     if identity.hair_style == "bald":
         who = f"a {word} bald person with " + _join(parts[1:])
     else:
         who = f"a {word} person with " + _join(parts)
     return f"a {style.shading} {palette}portrait of {who}, on a {style.background} background"
+
+
+def style_words(style: Style) -> tuple[str, list[str]]:
+    """The caption words of a style besides shading and background: the palette prefix ('' for natural, else
+    'pastel ' ...) and the accessories ('round glasses', 'a red hat'), shared by full and style-only captions."""
+    palette = "" if style.palette == "natural" else style.palette + " "
+    accessories = [f"{style.glasses} glasses"] if style.glasses != "none" else []
+    if style.hat != "none":
+        accessories.append(f"a {style.hat} hat")
+    return palette, accessories
 
 
 def _join(parts: list[str]) -> str:

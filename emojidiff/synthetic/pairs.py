@@ -15,22 +15,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..data.manifest import Triplet, write_jsonl, write_manifest
-from .dataset import TRAIN_IDS
-from .factors import Identity, Portrait, Style, sample_expression
-from .render import render
+from .dataset import TRAIN_IDS, read_manifest, sample_identity_sets, write_renders
+from .factors import Style, style_words
 
 
 def style_prompt(style: Style) -> str:
     """A caption naming the style factors alone (every word is in the base model's tokenizer)."""
-    palette = "" if style.palette == "natural" else style.palette + " "
-    extras = []
-    if style.glasses != "none":
-        extras.append(f"{style.glasses} glasses")
-    if style.hat != "none":
-        extras.append(f"a {style.hat} hat")
+    palette, extras = style_words(style)
     who = "a person" + (" with " + " and ".join(extras) if extras else "")
     return f"a {style.shading} {palette}portrait of {who}, on a {style.background} background"
 
@@ -66,23 +58,10 @@ def write_round0(
     if per_person < 2:
         raise ValueError("per_person must be at least 2: a target and another image of the same person")
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 7])
-    ids = rng.choice(np.arange(*identity_ids), size=n_people, replace=False)
-    portraits = [
-        Portrait(int(i), Identity.from_id(int(i)), sample_expression(rng), Style.sample(rng))
-        for i in ids
-        for _ in range(per_person)
-    ]
-    files, records = [], []
-    for start in range(0, len(portraits), chunk):
-        batch = portraits[start : start + chunk]
-        for k, (p, img) in enumerate(zip(batch, render(batch, size), strict=True)):
-            name = f"images/{start + k:07d}.png"
-            img.save(out / name)
-            files.append(name)
-            records.append({"file": name, "size": size, **p.to_record()})
-    write_jsonl(out / "renders.jsonl", [_dumps(r) for r in records])
+    portraits = sample_identity_sets(n_people, per_person, [seed, 7], identity_ids)
+    ids = [portraits[j * per_person].identity_id for j in range(n_people)]
+    manifest = write_renders(portraits, out, size, chunk, subfolder="images", manifest="renders.jsonl", digits=7)
+    files = [rec["file"] for rec in read_manifest(manifest)]
 
     triplets, val, templates, identities = [], [], [], []
     held_back = set(range(min(n_val, n_people)))  # the first people are validation only
