@@ -81,7 +81,7 @@ def gallery_cmd(out: str, size: int) -> None:
     "--stages",
     default=",".join(STAGES),
     show_default=True,
-    help="Comma-separated subset of the stages to run. The analysers can run as a second process on the same OUT.",
+    help="Comma-separated subset of the stages to run.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--unet-steps", type=click.IntRange(min=1), default=None, help="Override the UNet step count.")
@@ -89,8 +89,17 @@ def gallery_cmd(out: str, size: int) -> None:
 @click.option("--clip-steps", type=click.IntRange(min=1), default=None, help="Override the CLIP step count.")
 @click.option("--n-images", type=click.IntRange(min=8), default=None, help="Override the number of renders.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+@click.option(
+    "--parallel/--sequential",
+    default=True,
+    show_default=True,
+    help="Train the analysers in a second process (one thread) beside the other stages, which get one thread "
+    "fewer; --sequential runs every stage in this process, one after another.",
+)
 @user_errors
-def pretrain_cmd(out, quick, resume, stages, seed, unet_steps, vae_steps, clip_steps, n_images, threads) -> None:
+def pretrain_cmd(
+    out, quick, resume, stages, seed, unet_steps, vae_steps, clip_steps, n_images, threads, parallel
+) -> None:
     """Train every model of the synthetic world: analysers, VAE, CLIP text/image encoders, UNet; then OUT/base."""
     import torch
 
@@ -113,7 +122,7 @@ def pretrain_cmd(out, quick, resume, stages, seed, unet_steps, vae_steps, clip_s
     ):
         if value is not None:
             setattr(cfg, name, value)
-    state = pretrain(out, cfg, resume=resume, log=lambda m: click.echo(m, err=True))
+    state = pretrain(out, cfg, resume=resume, log=lambda m: click.echo(m, err=True), parallel=parallel)
     click.echo(f"done: {', '.join(state['done'])}; base model in {Path(out) / 'base'}")
 
 

@@ -16,8 +16,8 @@ Stages (each writes under ``OUT`` and is recorded in ``OUT/state.json`` when don
    checkpointed every ``ckpt_every`` steps (``--resume`` continues from the last one);
 6. ``assemble`` — a ``StableDiffusionPipeline`` saved with ``save_pretrained`` in ``OUT/base``.
 
-The analysers share nothing with the other stages, so on two cores they can run as a second process on the same
-``OUT`` (``--stages analysers`` beside ``--stages data,vae,decoder,clip,unet,assemble``); ``state.json`` keeps both.
+The analysers share nothing with the other stages, so by default (``parallel``) they train in a second process while
+this one runs the rest, one torch thread each on two cores; ``state.json`` keeps both processes' stages.
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ class _State:
         # one per core), and each must keep the stages the other has finished meanwhile.
         if self.path.is_file():
             self.data = json.loads(self.path.read_text())
-        self.data["done"][stage] = info
+        done = {**self.data["done"], stage: info}
+        self.data["done"] = {s: done[s] for s in STAGES if s in done}  # in stage order, whichever finished first
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(self.data, indent=2))
         tmp.replace(self.path)
@@ -121,8 +122,12 @@ def _lr(opt, step: int, total: int, base: float, warmup: int = 100) -> None:
         g["lr"] = lr
 
 
-def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=print) -> dict:
-    """Run (or resume) the stages of ``cfg.stages``; returns the state (per-stage info)."""
+def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=print, parallel: bool = False) -> dict:
+    """Run (or resume) the stages of ``cfg.stages``; returns the state (per-stage info).
+
+    ``parallel`` trains the analysers in a second process (one torch thread) while this one runs the other stages
+    with one thread fewer: they share nothing, and on two cores this is what keeps the default run near an hour.
+    """
     out = Path(out)
     if out.exists() and not resume and (out / "state.json").exists():
         from ..errors import InputError
@@ -131,10 +136,41 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=pri
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     state = _State(out)
+    stages = [s for s in STAGES if s in cfg.stages]
+    side = None
+    if parallel and "analysers" in stages and len(stages) > 1 and not state.done("analysers"):
+        side = _start_side_analysers(out, cfg, log)
+        stages.remove("analysers")
+    threads = torch.get_num_threads()
+    if side is not None:
+        torch.set_num_threads(max(1, threads - 1))
+    try:
+        _run_stages(out, cfg, state, stages, log)
+    except BaseException:
+        if side is not None and side.is_alive():
+            log("[analysers] stopping the analyser process (sets already saved are kept for --resume)")
+            side.terminate()
+            side.join()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    if side is not None:
+        if side.is_alive():
+            log("[analysers] waiting for the analyser process")
+        side.join()
+        if side.exitcode != 0:
+            from ..errors import EmojiDiffError
+
+            raise EmojiDiffError(
+                f"the analysers process failed (exit code {side.exitcode}); the other stages are done: "
+                f"rerun with --resume --stages analysers --out {out}"
+            )
+    return _State(out).data
+
+
+def _run_stages(out: Path, cfg: PretrainConfig, state: _State, stages: list[str], log) -> None:
     ran = False
-    for stage in STAGES:
-        if stage not in cfg.stages:
-            continue
+    for stage in stages:
         if stage == "assemble" and ran:
             log("[assemble] assembling the base again from the stages just run")
         elif stage == "unet" and _unet_extended(state, cfg):
@@ -148,7 +184,29 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=pri
         info["seconds"] = round(time.time() - t0, 1)
         state.finish(stage, info)
         log(f"[{stage}] done in {info['seconds']:.0f}s")
-    return state.data
+
+
+def _start_side_analysers(out: Path, cfg: PretrainConfig, log):
+    import multiprocessing
+
+    proc = multiprocessing.get_context("spawn").Process(
+        target=_side_analysers, args=(str(out), asdict(cfg)), name="emojidiff-analysers"
+    )
+    proc.start()
+    log(f"[analysers] training in a second process (pid {proc.pid}), one thread")
+    return proc
+
+
+def _side_analysers(out: str, cfg: dict) -> None:
+    """The spawned process: the analysers stage alone, recorded in the shared ``state.json``."""
+    import sys
+
+    torch.set_num_threads(1)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    _run_stages(Path(out), PretrainConfig(**cfg), _State(Path(out)), ["analysers"], log)
 
 
 def _unet_extended(state: _State, cfg: PretrainConfig) -> bool:

@@ -18,6 +18,7 @@ def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
     res = CliRunner().invoke(main, ["world", "pretrain", "--quick", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "training in a second process" in res.output  # the default: analysers beside the other stages
     return out
 
 
@@ -96,6 +97,35 @@ def test_two_processes_sharing_a_run_folder_keep_each_others_stages(tmp_path):
     b.finish("data", {"seconds": 2})
     a.finish("vae", {"seconds": 3})
     assert list(_State(tmp_path).data["done"]) == ["analysers", "data", "vae"]
+
+
+def test_sequential_run_trains_every_stage_in_one_process(tmp_path):
+    out = tmp_path / "w"
+    res = CliRunner().invoke(main, ["world", "pretrain", "--quick", "--sequential", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "second process" not in res.output
+    assert list(json.loads((out / "state.json").read_text())["done"]) == [
+        "analysers",
+        "data",
+        "vae",
+        "decoder",
+        "clip",
+        "unet",
+        "assemble",
+    ]
+
+
+def test_failed_analyser_process_keeps_the_other_stages_and_says_how_to_rerun(tmp_path):
+    out = tmp_path / "w"
+    out.mkdir()
+    (out / "analysers").write_text("a file where the analysers' folder should be")
+    res = CliRunner().invoke(main, ["world", "pretrain", "--quick", "--out", str(out)])
+    assert res.exit_code == 1
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: the analysers process failed") and "--resume --stages analysers" in last
+    done = json.loads((out / "state.json").read_text())["done"]
+    assert "analysers" not in done and {"data", "vae", "decoder", "clip", "unet", "assemble"} <= set(done)
+    assert (out / "base" / "model_index.json").is_file()
 
 
 def test_sample_command(quick_run, tmp_path):
