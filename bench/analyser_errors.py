@@ -1,9 +1,12 @@
-"""Where the synthetic expression analysers err: MAE per factor (fraction of its range) by style condition.
+"""Where the synthetic expression analysers err: MAE per factor (fraction of its range) by condition.
 
 The same 1000 held-out renders as ``evaluate_face`` (gaze weighted by eye visibility), split by glasses, hat,
-shading and palette, to tell occlusion from plain imprecision:
+shading and palette (occlusion or plain imprecision?) and by how the expression was drawn: a jittered template,
+whose factors move together as the template's do, or a uniformly random vector, where each factor must be read on
+its own. ``chance`` is the error of always answering the held-out median, the score of a net that reads nothing:
 
     OMP_NUM_THREADS=1 python bench/analyser_errors.py --json bench/results/analyser_errors.json
+    OMP_NUM_THREADS=1 python bench/analyser_errors.py --root runs/world/analysers/train   # another trained set
 """
 
 from __future__ import annotations
@@ -19,22 +22,25 @@ from emojidiff.synthetic.analysers import SyntheticAnalysers
 from emojidiff.synthetic.factors import EXPRESSION_NAMES
 from emojidiff.synthetic.nets import EXPR_HI, EXPR_LO, INPUT_SIZE
 from emojidiff.synthetic.render import render_array
-from emojidiff.synthetic.train_analysers import HELDOUT, _expr_weights, _sample, _to_tensor, face_targets
+from emojidiff.synthetic.train_analysers import HELDOUT, _expr_weights, _to_tensor, face_targets, sample_with_source
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kind", choices=["train", "eval"], default="train")
+    ap.add_argument("--root", default=None, help="an analyser set's folder (default: the shipped --kind set)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(54321)  # evaluate_face's held-out draw
-    ps = [_sample(rng, HELDOUT) for _ in range(a.n)]
+    ps, uniform = zip(*(sample_with_source(rng, HELDOUT) for _ in range(a.n)), strict=True)
     with torch.no_grad():
-        pred = SyntheticAnalysers(a.kind).expression(_to_tensor(render_array(ps, INPUT_SIZE)))
-    truth = face_targets(ps)["expression"]
-    err = ((pred - truth).abs() / (EXPR_HI - EXPR_LO)).numpy()
+        pred = SyntheticAnalysers(a.kind, a.root).expression(_to_tensor(render_array(list(ps), INPUT_SIZE)))
+    truth = face_targets(list(ps))["expression"]
+    span = EXPR_HI - EXPR_LO
+    err = ((pred - truth).abs() / span).numpy()
+    chance = ((truth.median(0).values - truth).abs() / span).numpy()
     w = _expr_weights(truth).numpy()
     groups = {
         "all": [True] * len(ps),
@@ -43,14 +49,21 @@ def main() -> None:
         "no glasses, no hat": [p.style.glasses == "none" and p.style.hat == "none" for p in ps],
         **{f"shading {s}": [p.style.shading == s for p in ps] for s in ("flat", "shaded", "sketch")},
         "monochrome": [p.style.palette == "monochrome" for p in ps],
+        "template expressions": [not u for u in uniform],
+        "uniform expressions": list(uniform),
     }
-    res = {"kind": a.kind, "n": a.n, "groups": {}}
+    res = {"kind": a.kind, "root": a.root, "n": a.n, "groups": {}}
+    print(" " * 31 + " ".join(f"{n[:5]:>5s}" for n in EXPRESSION_NAMES))
     for name, mask in groups.items():
         m = np.array(mask)
-        mae = (err * w)[m].sum(0) / w[m].sum(0)
-        res["groups"][name] = {"n": int(m.sum()), "mean": float(mae.mean()),
-                               "per_factor": dict(zip(EXPRESSION_NAMES, map(float, mae), strict=True))}  # fmt: skip
-        print(f"{name:20s} n={m.sum():4d} mean {100 * mae.mean():4.1f} %  " + " ".join(f"{100 * v:4.1f}" for v in mae))
+        for label, e in ((name, err), (f"{name}, chance", chance)):
+            if label.endswith("chance") and "expressions" not in name and name != "all":
+                continue
+            mae = (e * w)[m].sum(0) / w[m].sum(0)
+            per_factor = dict(zip(EXPRESSION_NAMES, map(float, mae), strict=True))
+            res["groups"][label] = {"n": int(m.sum()), "mean": float(mae.mean()), "max": float(mae.max())}
+            res["groups"][label]["per_factor"] = per_factor
+            print(f"{label[:20]:20s} {100 * mae.mean():4.1f} % | " + " ".join(f"{100 * v:5.1f}" for v in mae))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 

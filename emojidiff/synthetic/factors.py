@@ -248,13 +248,23 @@ def nearest_template(expr: Expression) -> str:
 
 def sample_expression(rng: np.random.Generator, uniform_prob: float = 0.3, jitter: float = 0.12) -> Expression:
     """A template with jitter (most of the time) or a uniformly random factor vector (``uniform_prob``)."""
+    return sample_expression_with_source(rng, uniform_prob, jitter)[0]
+
+
+def sample_expression_with_source(
+    rng: np.random.Generator, uniform_prob: float = 0.3, jitter: float = 0.12
+) -> tuple[Expression, bool]:
+    """:func:`sample_expression` (same draws from ``rng``), and whether the vector was drawn uniformly. Template
+    draws keep the templates' correlations (a frown tilts the brows), so an analyser can score well on them by
+    recognising the template; uniform draws tell whether it reads each factor on its own."""
     lo = np.array([r[1] for r in EXPRESSION_RANGES])
     hi = np.array([r[2] for r in EXPRESSION_RANGES])
-    if rng.random() < uniform_prob:
+    uniform = bool(rng.random() < uniform_prob)
+    if uniform:
         v = lo + rng.random(len(lo)) * (hi - lo)
     else:
         v = _TEMPLATE_MATRIX[rng.integers(len(_TEMPLATE_MATRIX))] + rng.normal(0, jitter, len(lo)) * (hi - lo) / 2
-    return Expression.from_vector(np.clip(v, lo, hi))
+    return Expression.from_vector(np.clip(v, lo, hi)), uniform
 
 
 @dataclass

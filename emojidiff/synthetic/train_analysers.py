@@ -18,7 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .factors import EXPRESSION_NAMES, EXPRESSION_RANGES, Identity, Portrait, Style, sample_expression
+from .factors import (
+    EXPRESSION_NAMES,
+    EXPRESSION_RANGES,
+    Identity,
+    Portrait,
+    Style,
+    sample_expression,
+    sample_expression_with_source,
+)
 from .nets import (
     EXPR_HI,
     EXPR_LO,
@@ -53,6 +61,9 @@ class AnalyserTrainConfig:
     eval_people: int = 200
     aug_strength: float = 1.0
     eval_face_n: int = 1000
+    #: share of face-net training portraits whose expression is a uniformly random vector rather than a jittered
+    #: template (``sample_expression``); uniform draws force the net to read each factor on its own
+    uniform_prob: float = 0.3
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -228,7 +239,7 @@ def train_face(cfg: AnalyserTrainConfig, log=print, init: FaceNet | None = None,
     n_pos = cfg.face_batch * 3 // 4
     for step in range(cfg.face_steps):
         _cosine_lr(opt, step, cfg.face_steps, cfg.lr)
-        ps = [_sample(rng, SPLITS[cfg.kind]) for _ in range(cfg.face_batch)]
+        ps = [_sample(rng, SPLITS[cfg.kind], cfg.uniform_prob) for _ in range(cfg.face_batch)]
         x = _to_tensor(render_array(ps, INPUT_SIZE))
         x = torch.cat([x[:n_pos], _negatives(x[n_pos:], gen)])
         x, s, t = _augment(x, gen, cfg.aug_strength)
@@ -242,9 +253,16 @@ def train_face(cfg: AnalyserTrainConfig, log=print, init: FaceNet | None = None,
     return net.eval()
 
 
-def _sample(rng: np.random.Generator, id_range) -> Portrait:
+def _sample(rng: np.random.Generator, id_range, uniform_prob: float = 0.3) -> Portrait:
+    return sample_with_source(rng, id_range, uniform_prob)[0]
+
+
+def sample_with_source(rng: np.random.Generator, id_range, uniform_prob: float = 0.3) -> tuple[Portrait, bool]:
+    """A random portrait of a person in ``id_range``, and whether its expression was drawn uniformly."""
     iid = int(rng.integers(*id_range))
-    return Portrait(iid, Identity.from_id(iid), sample_expression(rng), Style.sample(rng))
+    ident = Identity.from_id(iid)
+    expr, uniform = sample_expression_with_source(rng, uniform_prob)
+    return Portrait(iid, ident, expr, Style.sample(rng)), uniform
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -360,7 +378,9 @@ def train_and_save(out: str | Path, cfg: AnalyserTrainConfig, log=print) -> dict
     return info
 
 
-def refine_face(out: str | Path, kind: str, steps: int, lr: float = 1e-3, aug: float = 0.5, log=print) -> dict:
+def refine_face(
+    out: str | Path, kind: str, steps: int, lr: float = 1e-3, aug: float = 0.5, uniform_prob: float = 0.3, log=print
+) -> dict:
     """Continue training a saved face net with fresh data, a lower peak learning rate and milder augmentation;
     re-evaluate and overwrite ``face.safetensors`` (the identity net is kept)."""
     from safetensors.torch import load_file, save_file
@@ -371,7 +391,7 @@ def refine_face(out: str | Path, kind: str, steps: int, lr: float = 1e-3, aug: f
     net.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
     )
-    cfg = AnalyserTrainConfig(kind=kind, face_steps=steps, lr=lr, aug_strength=aug)
+    cfg = AnalyserTrainConfig(kind=kind, face_steps=steps, lr=lr, aug_strength=aug, uniform_prob=uniform_prob)
     t0 = time.time()
     net = train_face(cfg, log, init=net, round_=1)
     metrics = evaluate_face(net, n=cfg.eval_face_n)
@@ -380,7 +400,13 @@ def refine_face(out: str | Path, kind: str, steps: int, lr: float = 1e-3, aug: f
         for k, v in net.state_dict().items()
     }
     save_file(sd, str(folder / "face.safetensors"))
-    info["face_refine"] = {"steps": steps, "lr": lr, "aug_strength": aug, "seconds": round(time.time() - t0, 1)}
+    info["face_refine"] = {
+        "steps": steps,
+        "lr": lr,
+        "aug_strength": aug,
+        "uniform_prob": uniform_prob,
+        "seconds": round(time.time() - t0, 1),
+    }
     info["heldout_face"] = metrics
     (folder / "config.json").write_text(json.dumps(info, indent=2))
     log(json.dumps({"face_mae_max": metrics["expression_mae_frac_max"], "mean": metrics["expression_mae_frac_mean"]}))
@@ -396,9 +422,14 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--identity-steps", type=int, default=2000)
     ap.add_argument("--face-steps", type=int, default=2500)
     ap.add_argument("--refine-face-steps", type=int, default=0, help="only continue training the saved face net")
+    ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
+    ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
+    ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     if a.refine_face_steps:
-        refine_face(a.out, a.kind, a.refine_face_steps)
+        refine_face(a.out, a.kind, a.refine_face_steps, lr=a.refine_lr, aug=a.refine_aug, uniform_prob=a.uniform_prob)
         raise SystemExit(0)
-    train_and_save(a.out, AnalyserTrainConfig(kind=a.kind, identity_steps=a.identity_steps, face_steps=a.face_steps))
+    cfg = AnalyserTrainConfig(a.kind, a.identity_steps, a.face_steps, uniform_prob=a.uniform_prob)
+    train_and_save(a.out, cfg)

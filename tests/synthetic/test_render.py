@@ -127,3 +127,16 @@ def test_gallery(tmp_path):
     names = {f.stem for f in (tmp_path / "expressions").glob("*.png")}
     assert len(names) >= 12 and {"smile", "grin", "frown", "surprise", "wink_left", "pout", "sceptical"} <= names
     assert len(files) == len(list(tmp_path.rglob("*.png")))
+
+
+def test_expression_source_is_reported_without_changing_the_draws():
+    from emojidiff.synthetic.factors import sample_expression, sample_expression_with_source
+
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    pairs = [sample_expression_with_source(a) for _ in range(300)]
+    assert [e for e, _ in pairs] == [sample_expression(b) for _ in range(300)]
+    uniform = [u for _, u in pairs]
+    assert 0.2 < np.mean(uniform) < 0.4  # uniform_prob 0.3
+    rng = np.random.default_rng(0)
+    assert all(sample_expression_with_source(rng, uniform_prob=1.0)[1] for _ in range(20))
+    assert not any(sample_expression_with_source(rng, uniform_prob=0.0)[1] for _ in range(20))
