@@ -64,6 +64,9 @@ class AnalyserTrainConfig:
     #: share of face-net training portraits whose expression is a uniformly random vector rather than a jittered
     #: template (``sample_expression``); uniform draws force the net to read each factor on its own
     uniform_prob: float = 0.3
+    #: weight of the gaze factors in the face-net loss: a 1-2 px shift of the iris that, at weight 1, the nets never
+    #: learn to read (bench/analyser_errors.py: their gaze error equals a constant guess's)
+    gaze_weight: float = 1.0
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -171,7 +174,7 @@ def _expr_weights(expr: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int) -> torch.Tensor:
+def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int, gaze_weight: float = 1.0) -> torch.Tensor:
     raw = net.raw(x)
     labels = torch.zeros(len(x))
     labels[:n_pos] = 1.0
@@ -183,6 +186,7 @@ def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int) -> torc
     loss = loss + F.smooth_l1_loss(r[:, OUT_LMK], (lmk - 0.5) / 0.25, beta=0.05)
     target = (tg["expression"] - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
     w = _expr_weights(tg["expression"])
+    w[:, [EXPRESSION_NAMES.index("gaze_x"), EXPRESSION_NAMES.index("gaze_y")]] *= gaze_weight
     loss = loss + 2.0 * (F.smooth_l1_loss(r[:, OUT_EXPR], target, reduction="none", beta=0.05) * w).mean()
     rt = (tg["ratios"] - net.ratio_mean) / net.ratio_std
     loss = loss + F.smooth_l1_loss(r[:, OUT_RATIOS], rt, beta=0.05)
@@ -244,7 +248,7 @@ def train_face(cfg: AnalyserTrainConfig, log=print, init: FaceNet | None = None,
         x = torch.cat([x[:n_pos], _negatives(x[n_pos:], gen)])
         x, s, t = _augment(x, gen, cfg.aug_strength)
         tg = face_targets(ps[:n_pos])
-        loss = face_loss(net, x, tg, s[:n_pos], t[:n_pos], n_pos)
+        loss = face_loss(net, x, tg, s[:n_pos], t[:n_pos], n_pos, cfg.gaze_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -379,7 +383,14 @@ def train_and_save(out: str | Path, cfg: AnalyserTrainConfig, log=print) -> dict
 
 
 def refine_face(
-    out: str | Path, kind: str, steps: int, lr: float = 1e-3, aug: float = 0.5, uniform_prob: float = 0.3, log=print
+    out: str | Path,
+    kind: str,
+    steps: int,
+    lr: float = 1e-3,
+    aug: float = 0.5,
+    uniform_prob: float = 0.3,
+    gaze_weight: float = 1.0,
+    log=print,
 ) -> dict:
     """Continue training a saved face net with fresh data, a lower peak learning rate and milder augmentation;
     re-evaluate and overwrite ``face.safetensors`` (the identity net is kept)."""
@@ -391,7 +402,9 @@ def refine_face(
     net.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
     )
-    cfg = AnalyserTrainConfig(kind=kind, face_steps=steps, lr=lr, aug_strength=aug, uniform_prob=uniform_prob)
+    cfg = AnalyserTrainConfig(
+        kind=kind, face_steps=steps, lr=lr, aug_strength=aug, uniform_prob=uniform_prob, gaze_weight=gaze_weight
+    )
     t0 = time.time()
     net = train_face(cfg, log, init=net, round_=1)
     metrics = evaluate_face(net, n=cfg.eval_face_n)
@@ -405,6 +418,7 @@ def refine_face(
         "lr": lr,
         "aug_strength": aug,
         "uniform_prob": uniform_prob,
+        "gaze_weight": gaze_weight,
         "seconds": round(time.time() - t0, 1),
     }
     info["heldout_face"] = metrics
@@ -425,11 +439,13 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
     ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
     ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
+    ap.add_argument("--gaze-weight", type=float, default=1.0, help="weight of the gaze factors in the face-net loss")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.refine_face_steps:
-        refine_face(a.out, a.kind, a.refine_face_steps, lr=a.refine_lr, aug=a.refine_aug, uniform_prob=a.uniform_prob)
+        refine_face(a.out, a.kind, a.refine_face_steps, a.refine_lr, a.refine_aug, a.uniform_prob, a.gaze_weight)
         raise SystemExit(0)
     cfg = AnalyserTrainConfig(a.kind, a.identity_steps, a.face_steps, uniform_prob=a.uniform_prob)
+    cfg.gaze_weight = a.gaze_weight
     train_and_save(a.out, cfg)

@@ -100,3 +100,19 @@ def test_eval_set_is_independent():
     a, b = SyntheticAnalysers("train"), SyntheticAnalysers("eval")
     assert a.config["identity_arch"] != b.config["identity_arch"]
     assert a.config["identity_ids"] != b.config["identity_ids"]
+
+
+def test_gaze_weight_scales_only_the_gaze_terms_of_the_face_loss():
+    from emojidiff.synthetic.nets import FaceNet
+    from emojidiff.synthetic.render import render_array
+    from emojidiff.synthetic.train_analysers import _to_tensor, face_loss, face_targets
+
+    torch.manual_seed(0)
+    net = FaceNet("plain").eval()
+    ps = _portraits()
+    x = _to_tensor(render_array(ps, 64))
+    s, t = torch.ones(len(ps)), torch.zeros(len(ps), 2)
+    with torch.no_grad():
+        loss = {w: face_loss(net, x, face_targets(ps), s, t, len(ps), gaze_weight=w).item() for w in (0.0, 1.0, 3.0)}
+    assert loss[1.0] > loss[0.0]  # an untrained net misreads gaze
+    assert loss[3.0] - loss[1.0] == pytest.approx(2 * (loss[1.0] - loss[0.0]), rel=1e-4)
