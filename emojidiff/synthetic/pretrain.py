@@ -142,8 +142,10 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=pri
         side = _start_side_analysers(out, cfg, log)
         stages.remove("analysers")
     threads = torch.get_num_threads()
+    global _SIDE
     if side is not None:
         torch.set_num_threads(max(1, threads - 1))
+        _SIDE = _Side(side, threads, log)
     try:
         _run_stages(out, cfg, state, stages, log)
     except BaseException:
@@ -153,6 +155,7 @@ def pretrain(out: str | Path, cfg: PretrainConfig, resume: bool = False, log=pri
             side.join()
         raise
     finally:
+        _SIDE = None
         torch.set_num_threads(threads)
     if side is not None:
         if side.is_alive():
@@ -184,6 +187,28 @@ def _run_stages(out: Path, cfg: PretrainConfig, state: _State, stages: list[str]
         info["seconds"] = round(time.time() - t0, 1)
         state.finish(stage, info)
         log(f"[{stage}] done in {info['seconds']:.0f}s")
+
+
+class _Side:
+    """The analysers' process beside this one, and the torch thread this one lent it."""
+
+    def __init__(self, proc, threads: int, log):
+        self.proc, self.threads, self.log, self.returned = proc, threads, log, False
+
+    def poll(self) -> None:
+        """Between training steps: once the analysers' process has ended, take its thread back."""
+        if not self.returned and self.proc.exitcode is not None:
+            torch.set_num_threads(self.threads)
+            self.returned = True
+            self.log(f"[analysers] process ended (exit code {self.proc.exitcode}); back to {self.threads} threads")
+
+
+_SIDE: _Side | None = None
+
+
+def _side_poll() -> None:
+    if _SIDE is not None:
+        _SIDE.poll()
 
 
 def _start_side_analysers(out: Path, cfg: PretrainConfig, log):
@@ -297,6 +322,7 @@ def _stage_vae(out: Path, cfg: PretrainConfig, log) -> dict:
     bar = tqdm(range(start, cfg.vae_steps), desc="vae", initial=start, total=cfg.vae_steps, mininterval=5)
     c = cfg.vae_crop
     for step in bar:
+        _side_poll()
         _lr(opt, step, cfg.vae_steps, cfg.vae_lr, warmup=50)
         x = _to_unit(images[np.sort(rng.choice(len(images), cfg.vae_batch, replace=False))])
         if c < IMAGE_SIZE:  # the VAE is fully convolutional: random 4-aligned crops train it 4x cheaper
@@ -347,6 +373,7 @@ def _stage_decoder(out: Path, cfg: PretrainConfig, log) -> dict:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.decoder_lr, weight_decay=0.0)
     for step in tqdm(range(cfg.decoder_steps), desc="decoder", mininterval=5):
+        _side_poll()
         _lr(opt, step, cfg.decoder_steps, cfg.decoder_lr, warmup=20)
         idx = np.sort(rng.choice(len(images), cfg.vae_batch, replace=False))
         x = _to_unit(images[idx])
@@ -389,6 +416,7 @@ def _stage_clip(out: Path, cfg: PretrainConfig, log) -> dict:
     half = cfg.clip_batch // 2
     bar = tqdm(range(cfg.clip_steps), desc="clip", mininterval=5)
     for step in bar:
+        _side_poll()
         _lr(opt, step, cfg.clip_steps, 1e-3, warmup=50)
         a = np.sort(rng.choice(len(images), half, replace=False))
         b = np.sort(rng.choice(len(images), cfg.clip_batch - half, replace=False))
@@ -498,6 +526,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps, mininterval=5)
     t0 = time.time()
     for step in bar:
+        _side_poll()
         _lr(opt, step, cfg.unet_steps, cfg.unet_lr, warmup=100)
         idx = torch.from_numpy(rng.choice(len(latents), cfg.unet_batch, replace=False))
         z0 = latents[idx]

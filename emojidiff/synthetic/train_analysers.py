@@ -413,6 +413,8 @@ def refine_face(
         for k, v in net.state_dict().items()
     }
     save_file(sd, str(folder / "face.safetensors"))
+    if "face_refine" in info:  # an earlier refinement: keep its record
+        info.setdefault("face_refine_history", []).append(info["face_refine"])
     info["face_refine"] = {
         "steps": steps,
         "lr": lr,

@@ -99,6 +99,27 @@ def test_two_processes_sharing_a_run_folder_keep_each_others_stages(tmp_path):
     assert list(_State(tmp_path).data["done"]) == ["analysers", "data", "vae"]
 
 
+def test_the_lent_thread_comes_back_when_the_analysers_process_ends():
+    from types import SimpleNamespace
+
+    from emojidiff.synthetic.pretrain import _Side
+
+    before = torch.get_num_threads()
+    proc, said = SimpleNamespace(exitcode=None), []
+    torch.set_num_threads(1)
+    side = _Side(proc, 2, said.append)
+    try:
+        side.poll()
+        assert torch.get_num_threads() == 1 and not said  # still running: keep one thread
+        proc.exitcode = 0
+        side.poll()
+        assert torch.get_num_threads() == 2 and said == ["[analysers] process ended (exit code 0); back to 2 threads"]
+        side.poll()
+        assert len(said) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sequential_run_trains_every_stage_in_one_process(tmp_path):
     out = tmp_path / "w"
     res = CliRunner().invoke(main, ["world", "pretrain", "--quick", "--sequential", "--out", str(out)])
