@@ -47,12 +47,16 @@ class EncodingCache:
 
 
 def encoder_tag(pipe) -> str:
-    """What the cached encodings depend on: image encoder weights/config, feature layer, face backend, id dim."""
+    """What the cached encodings depend on: image encoder weights/config, feature layer, face backend (and its
+    weights, where the backend gives a ``fingerprint``: retrained analysers crop and embed differently), id dim."""
     cfg = pipe.config
     enc = pipe.image_encoder
     first = next(iter(enc.state_dict().values()))
     desc = f"{enc.config.to_json_string()}|{float(first.float().sum())}|{cfg.image_encoder_layer}|"
     desc += f"{pipe.face_analyzer.name}|{cfg.identity_dim}"
+    fingerprint = getattr(pipe.face_analyzer, "fingerprint", None)
+    if fingerprint:
+        desc += f"|{fingerprint}"
     return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ entry points (``identity``, ``expression``, ``ratios``, ``presence``, ``face``) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -91,6 +92,16 @@ class SyntheticFaceAnalyzer:
         self.name = "synthetic" if kind == "train" else f"synthetic-{kind}"
         self._root = root
         self._nets: SyntheticAnalysers | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the weight files: changes whenever the analysers are retrained (keys cached encodings)."""
+        folder = Path(self._root) if self._root is not None else ANALYSERS_DIR / self.kind
+        h = hashlib.sha256()
+        for name in ("identity.safetensors", "face.safetensors"):
+            if (folder / name).is_file():
+                h.update((folder / name).read_bytes())
+        return h.hexdigest()[:16]
 
     @property
     def nets(self) -> SyntheticAnalysers:

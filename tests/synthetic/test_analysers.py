@@ -116,3 +116,26 @@ def test_gaze_weight_scales_only_the_gaze_terms_of_the_face_loss():
         loss = {w: face_loss(net, x, face_targets(ps), s, t, len(ps), gaze_weight=w).item() for w in (0.0, 1.0, 3.0)}
     assert loss[1.0] > loss[0.0]  # an untrained net misreads gaze
     assert loss[3.0] - loss[1.0] == pytest.approx(2 * (loss[1.0] - loss[0.0]), rel=1e-4)
+
+
+def test_retrained_analysers_change_the_encoding_cache_key(tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from emojidiff.data.dataset import encoder_tag
+    from emojidiff.synthetic.analysers import SyntheticFaceAnalyzer
+
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
+    shipped, copy = SyntheticFaceAnalyzer("train"), SyntheticFaceAnalyzer("train", tmp_path / "train")
+    assert shipped.fingerprint == copy.fingerprint
+    encoder = SimpleNamespace(
+        config=SimpleNamespace(to_json_string=lambda: "{}"), state_dict=lambda: {"w": torch.ones(2)}
+    )
+
+    def tag(fa):
+        return encoder_tag(SimpleNamespace(config=SimpleNamespace(image_encoder_layer=-2, identity_dim=512),
+                                           image_encoder=encoder, face_analyzer=fa))  # fmt: skip
+
+    assert tag(shipped) == tag(copy)
+    shutil.copy(ANALYSERS_DIR / "eval" / "face.safetensors", tmp_path / "train" / "face.safetensors")  # "retrained"
+    assert copy.fingerprint != shipped.fingerprint and tag(copy) != tag(shipped)
