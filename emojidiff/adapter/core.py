@@ -46,9 +46,7 @@ def resolve_adapter(name_or_path: str | Path) -> Path:
     if str(name_or_path) in BUNDLED_ADAPTERS:
         path = BUNDLED_ADAPTERS[str(name_or_path)]
         if not (path / "emojidiff.json").is_file():
-            raise AdapterError(
-                f"bundled adapter '{name_or_path}' is not in this installation ({path} is missing)"
-            )
+            raise AdapterError(f"bundled adapter '{name_or_path}' is not in this installation ({path} is missing)")
         return path
     names = ", ".join(sorted(BUNDLED_ADAPTERS)) or "none in this version"
     raise AdapterError(f"adapter '{name_or_path}' not found: not a folder, nor a bundled adapter name ({names})")
