@@ -36,12 +36,17 @@ def _load(net: torch.nn.Module, path: Path) -> torch.nn.Module:
     return net.eval().requires_grad_(False)
 
 
+def analyser_folder(kind: str, root: str | Path | None = None) -> Path:
+    """Where a set's weights are: ``root`` if given, else the shipped set of that kind."""
+    return Path(root) if root is not None else ANALYSERS_DIR / kind
+
+
 class SyntheticAnalysers(torch.nn.Module):
     """Frozen identity and face networks of one set; differentiable with respect to the input images."""
 
     def __init__(self, kind: str = "train", root: str | Path | None = None):
         super().__init__()
-        folder = Path(root) if root is not None else ANALYSERS_DIR / kind
+        folder = analyser_folder(kind, root)
         cfg_path = folder / "config.json"
         if not cfg_path.is_file():
             raise ModelMissingError(
@@ -96,7 +101,7 @@ class SyntheticFaceAnalyzer:
     @property
     def fingerprint(self) -> str:
         """A hash of the weight files: changes whenever the analysers are retrained (keys cached encodings)."""
-        folder = Path(self._root) if self._root is not None else ANALYSERS_DIR / self.kind
+        folder = analyser_folder(self.kind, self._root)
         h = hashlib.sha256()
         for name in ("identity.safetensors", "face.safetensors"):
             if (folder / name).is_file():

@@ -167,9 +167,9 @@ def gaze_visibility(expr: torch.Tensor) -> torch.Tensor:
     return ((torch.maximum(expr[:, i_l], expr[:, i_r]) - 0.1) / 0.2).clamp(0, 1)
 
 
-def _expr_weights(expr: torch.Tensor) -> torch.Tensor:
+def _expr_weights(expr: torch.Tensor, gaze_weight: float = 1.0) -> torch.Tensor:
     w = torch.ones_like(expr)
-    vis = gaze_visibility(expr)
+    vis = gaze_visibility(expr) * gaze_weight
     for name in ("gaze_x", "gaze_y"):
         w[:, EXPRESSION_NAMES.index(name)] = vis
     return w
@@ -186,8 +186,7 @@ def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int, gaze_we
     loss = loss + F.smooth_l1_loss(r[:, OUT_BOX], (box - 0.5) / 0.25, beta=0.05)
     loss = loss + F.smooth_l1_loss(r[:, OUT_LMK], (lmk - 0.5) / 0.25, beta=0.05)
     target = (tg["expression"] - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
-    w = _expr_weights(tg["expression"])
-    w[:, [EXPRESSION_NAMES.index("gaze_x"), EXPRESSION_NAMES.index("gaze_y")]] *= gaze_weight
+    w = _expr_weights(tg["expression"], gaze_weight)
     loss = loss + 2.0 * (F.smooth_l1_loss(r[:, OUT_EXPR], target, reduction="none", beta=0.05) * w).mean()
     rt = (tg["ratios"] - net.ratio_mean) / net.ratio_std
     loss = loss + F.smooth_l1_loss(r[:, OUT_RATIOS], rt, beta=0.05)
