@@ -5,7 +5,8 @@
 #   QUICK=1   tiny data and a few steps of everything (smoke test, a few minutes on a CPU)
 #   ROUNDS=N  IDI rounds (default 1); N_PEOPLE, N_TEMPLATES: data sizes (default 2000, 600)
 #   NPROC=N   processes for IDI (default 2, as the shipped adapters were made on 2 CPU cores; its training batch in
-#             configs/synthetic/idi.yaml is per process). One GPU: NPROC=1 and double that batch_size.
+#             configs/synthetic/idi.yaml is per process). One GPU: NPROC=1 IDI_BATCH_SIZE=64 (the same total batch)
+#   IDI_BATCH_SIZE=N  per-process batch of IDI's training (default: the config's)
 # Every stage is skipped when its output exists, so the script can be run again after an interruption.
 set -euo pipefail
 RUN=${1:-runs/synthetic}
@@ -23,6 +24,7 @@ for f in stage1-identity stage1-naive ica; do
       -e "s#idi/round-1/#idi/round-$ROUNDS/#" "$CFG/$f.yaml" > "$RUN/configs/$f.yaml"
 done
 cp "$CFG/idi.yaml" "$RUN/configs/idi.yaml"
+if [[ -n "${IDI_BATCH_SIZE:-}" ]]; then sed -i "s/^  batch_size: [0-9]*/  batch_size: $IDI_BATCH_SIZE/" "$RUN/configs/idi.yaml"; fi
 if [[ -n "${NUM_WORKERS:-}" ]]; then  # data-loader processes (PNG decoding) for every training stage
   for f in stage1-identity stage1-naive ica; do echo "num_workers: $NUM_WORKERS" >> "$RUN/configs/$f.yaml"; done
   sed -i "s/^train:$/train:\n  num_workers: $NUM_WORKERS/" "$RUN/configs/idi.yaml"

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -68,6 +70,12 @@ class AnalyserTrainConfig:
     #: learn to read (bench/analyser_errors.py: their gaze error equals a constant guess's; the shipped sets were
     #: trained at 1, BENCHMARKS.md "Face analysers" has the pilots behind 8)
     gaze_weight: float = 8.0
+    #: where the face net trains ("cpu", "cuda"); data is always made and augmented on the CPU, so a run's draws
+    #: are the same on any device
+    device: str = "cpu"
+    #: processes that render face-net batches ahead of the training step (0: render in this process). The draws
+    #: stay in this process, so the data does not depend on the number of workers
+    render_workers: int = 0
 
 
 def _to_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -177,7 +185,7 @@ def _expr_weights(expr: torch.Tensor, gaze_weight: float = 1.0) -> torch.Tensor:
 
 def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int, gaze_weight: float = 1.0) -> torch.Tensor:
     raw = net.raw(x)
-    labels = torch.zeros(len(x))
+    labels = torch.zeros(len(x), device=x.device)
     labels[:n_pos] = 1.0
     loss = F.binary_cross_entropy_with_logits(raw[:, OUT_PRESENCE].squeeze(1), labels)
     r = raw[:n_pos]
@@ -237,24 +245,51 @@ def train_face(cfg: AnalyserTrainConfig, log=print, init: FaceNet | None = None,
         net.ratio_std.copy_(ratios.std(0).clamp(min=1e-3))
     else:
         net = init.requires_grad_(True)
+    dev = torch.device(cfg.device)
+    net.to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     net.train()
     t0 = time.time()
     n_pos = cfg.face_batch * 3 // 4
-    for step in range(cfg.face_steps):
+    draws = (
+        [_sample(rng, SPLITS[cfg.kind], cfg.uniform_prob) for _ in range(cfg.face_batch)] for _ in range(cfg.face_steps)
+    )
+    for step, (ps, x) in enumerate(rendered_batches(draws, cfg.render_workers)):
         _cosine_lr(opt, step, cfg.face_steps, cfg.lr)
-        ps = [_sample(rng, SPLITS[cfg.kind], cfg.uniform_prob) for _ in range(cfg.face_batch)]
-        x = _to_tensor(render_array(ps, INPUT_SIZE))
         x = torch.cat([x[:n_pos], _negatives(x[n_pos:], gen)])
         x, s, t = _augment(x, gen, cfg.aug_strength)
-        tg = face_targets(ps[:n_pos])
-        loss = face_loss(net, x, tg, s[:n_pos], t[:n_pos], n_pos, cfg.gaze_weight)
+        tg = {k: v.to(dev) for k, v in face_targets(ps[:n_pos]).items()}
+        loss = face_loss(net, x.to(dev), tg, s[:n_pos].to(dev), t[:n_pos].to(dev), n_pos, cfg.gaze_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == cfg.face_steps - 1:
             log(f"[{cfg.kind} face] step {step}/{cfg.face_steps} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
-    return net.eval()
+    return net.eval().cpu()
+
+
+def _render(ps: list[Portrait]) -> torch.Tensor:
+    return _to_tensor(render_array(ps, INPUT_SIZE))
+
+
+def rendered_batches(draws, workers: int = 0, ahead: int = 2):
+    """Yield ``(portraits, images)`` for each list of portraits in ``draws``, in order. With ``workers`` > 0 the
+    images are rendered by that many spawned processes, at most ``ahead`` batches per worker in advance (bounded, so
+    memory stays flat when the training step is the slower side)."""
+    if workers <= 0:
+        for ps in draws:
+            yield ps, _render(ps)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending: deque = deque()
+        for ps in draws:
+            pending.append((ps, pool.apply_async(_render, (ps,))))
+            if len(pending) >= workers * ahead:
+                done, res = pending.popleft()
+                yield done, res.get()
+        while pending:
+            done, res = pending.popleft()
+            yield done, res.get()
 
 
 def _sample(rng: np.random.Generator, id_range, uniform_prob: float = 0.3) -> Portrait:
@@ -391,6 +426,8 @@ def refine_face(
     uniform_prob: float = 0.3,
     gaze_weight: float = 8.0,
     log=print,
+    device: str = "cpu",
+    render_workers: int = 0,
 ) -> dict:
     """Continue training a saved face net with fresh data, a lower peak learning rate and milder augmentation;
     re-evaluate and overwrite ``face.safetensors`` (the identity net is kept)."""
@@ -403,10 +440,19 @@ def refine_face(
         {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
     )
     cfg = AnalyserTrainConfig(
-        kind=kind, face_steps=steps, lr=lr, aug_strength=aug, uniform_prob=uniform_prob, gaze_weight=gaze_weight
+        kind=kind,
+        face_steps=steps,
+        lr=lr,
+        aug_strength=aug,
+        uniform_prob=uniform_prob,
+        gaze_weight=gaze_weight,
+        device=device,
+        render_workers=render_workers,
     )
     t0 = time.time()
-    net = train_face(cfg, log, init=net, round_=1)
+    # each refinement draws fresh data: round 1 for the first, 2 for the next, ...
+    round_ = 1 + ("face_refine" in info) + len(info.get("face_refine_history", []))
+    net = train_face(cfg, log, init=net, round_=round_)
     metrics = evaluate_face(net, n=cfg.eval_face_n)
     sd = {
         k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
@@ -421,6 +467,8 @@ def refine_face(
         "aug_strength": aug,
         "uniform_prob": uniform_prob,
         "gaze_weight": gaze_weight,
+        "device": device,
+        "round": round_,
         "seconds": round(time.time() - t0, 1),
     }
     info["heldout_face"] = metrics
@@ -443,11 +491,24 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
     ap.add_argument("--gaze-weight", type=float, default=8.0, help="weight of the gaze factors in the face-net loss")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="where the face net trains, e.g. cuda (identity net: CPU)")
+    ap.add_argument("--render-workers", type=int, default=0, help="processes rendering face-net batches ahead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.refine_face_steps:
-        refine_face(a.out, a.kind, a.refine_face_steps, a.refine_lr, a.refine_aug, a.uniform_prob, a.gaze_weight)
+        refine_face(
+            a.out,
+            a.kind,
+            a.refine_face_steps,
+            a.refine_lr,
+            a.refine_aug,
+            a.uniform_prob,
+            a.gaze_weight,
+            device=a.device,
+            render_workers=a.render_workers,
+        )
         raise SystemExit(0)
     cfg = AnalyserTrainConfig(a.kind, a.identity_steps, a.face_steps, uniform_prob=a.uniform_prob)
     cfg.gaze_weight = a.gaze_weight
+    cfg.device, cfg.render_workers = a.device, a.render_workers
     train_and_save(a.out, cfg)

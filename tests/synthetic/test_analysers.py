@@ -139,3 +139,25 @@ def test_retrained_analysers_change_the_encoding_cache_key(tmp_path):
     assert tag(shipped) == tag(copy)
     shutil.copy(ANALYSERS_DIR / "eval" / "face.safetensors", tmp_path / "train" / "face.safetensors")  # "retrained"
     assert copy.fingerprint != shipped.fingerprint and tag(copy) != tag(shipped)
+
+
+def test_face_training_data_does_not_depend_on_render_workers():
+    """Batches rendered by worker processes are the ones rendered here, in order, so a run on a GPU machine with
+    many render workers trains on the same data as one on a laptop."""
+    from emojidiff.synthetic.nets import FaceNet
+    from emojidiff.synthetic.train_analysers import AnalyserTrainConfig, rendered_batches, train_face
+
+    draws = [_portraits()[k : k + 3] for k in range(0, 8, 3)]
+    here = list(rendered_batches(iter(draws), workers=0))
+    pooled = list(rendered_batches(iter(draws), workers=2, ahead=1))
+    assert [p for p, _ in pooled] == draws
+    for (_, a), (_, b) in zip(here, pooled, strict=True):
+        assert torch.equal(a, b)
+
+    nets = []
+    for workers in (0, 1):
+        cfg = AnalyserTrainConfig(face_steps=2, face_batch=8, render_workers=workers)
+        torch.manual_seed(0)
+        nets.append(train_face(cfg, log=lambda _: None, init=FaceNet("plain"), round_=1))
+    for (k, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
