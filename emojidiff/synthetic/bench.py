@@ -106,9 +106,11 @@ def bench_base_guidances(
     seed: int = 0,
     batch: int = 50,
     save_grid: str | Path | None = None,
+    guidance_rescale: float = 0.0,
 ) -> list[dict]:
     """:func:`bench_base` at several guidance scales: the models, prompts and the VAE round-trip ceiling (which does
-    not depend on guidance) are made once; ``save_grid`` shows the first scale's samples."""
+    not depend on guidance) are made once; ``save_grid`` shows the first scale's samples. ``guidance_rescale`` is
+    diffusers' rescaled classifier-free guidance (Lin et al. 2024, for zero-terminal-SNR models like this base)."""
     from .analysers import SyntheticAnalysers
     from .factors import TEMPLATE_WORDS, Expression, nearest_template
 
@@ -128,7 +130,7 @@ def bench_base_guidances(
         for k in range(0, n, batch):
             arr = pipe(
                 prompts[k : k + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-                output_type="np",
+                guidance_rescale=guidance_rescale, output_type="np",
             ).images  # fmt: skip
             images.append(arr)
         images = np.concatenate(images).astype(np.float32)
@@ -146,6 +148,7 @@ def bench_base_guidances(
             "n": n,
             "steps": steps,
             "guidance": guidance,
+            "guidance_rescale": guidance_rescale,
             "face_presence_rate": float((presence >= 0.5).mean()),
             "style_word_accuracy": acc,
             "background_and_shading_followed": both,

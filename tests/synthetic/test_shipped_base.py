@@ -47,11 +47,12 @@ def test_world_bench_base_reports_each_guidance_and_the_vae_round_trip(tmp_path)
     torch.set_num_threads(1)
     out = tmp_path / "base.json"
     args = ["world", "bench", "--what", "base", "--n", "10", "--guidance", "4", "--guidance", "2"]
-    args += ["--json-out", str(out)]
+    args += ["--guidance-rescale", "0.7", "--json-out", str(out)]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     figures = json.loads(out.read_text())
     assert [figures["base"]["guidance"], figures["base_guidance_2"]["guidance"]] == [4.0, 2.0]
+    assert figures["base"]["guidance_rescale"] == figures["base_guidance_2"]["guidance_rescale"] == 0.7
     for k in ("background", "shading", "palette", "glasses", "hat"):
         assert 0.0 <= figures["base"]["style_word_accuracy_vae_round_trip"][k] <= 1.0
     assert (
