@@ -7,6 +7,9 @@ its own. ``chance`` is the error of always answering the held-out median, the sc
 
     OMP_NUM_THREADS=1 python bench/analyser_errors.py --json bench/results/analyser_errors.json
     OMP_NUM_THREADS=1 python bench/analyser_errors.py --root runs/world/analysers/train   # another trained set
+
+``--flip-average`` also reads each portrait mirrored and averages the two readings (the mirrored one mapped back with
+``Expression.mirrored``'s swap of left and right): test-time augmentation, to see how much of the error is noise.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ import numpy as np
 import torch
 
 from emojidiff.synthetic.analysers import SyntheticAnalysers
-from emojidiff.synthetic.factors import EXPRESSION_NAMES
+from emojidiff.synthetic.factors import EXPRESSION_NAMES, Expression
 from emojidiff.synthetic.nets import EXPR_HI, EXPR_LO, INPUT_SIZE
 from emojidiff.synthetic.render import render_array
 from emojidiff.synthetic.train_analysers import HELDOUT, _expr_weights, _to_tensor, face_targets, sample_with_source
+
+
+def mirrored_back(pred: torch.Tensor) -> torch.Tensor:
+    """Readings of mirrored images (B, 13) -> readings of the originals, as ``Expression.mirrored`` maps them."""
+    return torch.stack([torch.tensor(Expression.from_vector(v).mirrored().to_vector()) for v in pred.numpy()])
 
 
 def main() -> None:
@@ -31,12 +39,17 @@ def main() -> None:
     ap.add_argument("--root", default=None, help="an analyser set's folder (default: the shipped --kind set)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--flip-average", action="store_true", help="average with the reading of the mirrored image")
     a = ap.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(54321)  # evaluate_face's held-out draw
     ps, uniform = zip(*(sample_with_source(rng, HELDOUT) for _ in range(a.n)), strict=True)
+    x = _to_tensor(render_array(list(ps), INPUT_SIZE))
+    analysers = SyntheticAnalysers(a.kind, a.root)
     with torch.no_grad():
-        pred = SyntheticAnalysers(a.kind, a.root).expression(_to_tensor(render_array(list(ps), INPUT_SIZE)))
+        pred = analysers.expression(x)
+        if a.flip_average:
+            pred = (pred + mirrored_back(analysers.expression(x.flip(-1))).to(pred.dtype)) / 2
     truth = face_targets(list(ps))["expression"]
     span = EXPR_HI - EXPR_LO
     err = ((pred - truth).abs() / span).numpy()
@@ -52,7 +65,7 @@ def main() -> None:
         "template expressions": [not u for u in uniform],
         "uniform expressions": list(uniform),
     }
-    res = {"kind": a.kind, "root": a.root, "n": a.n, "groups": {}}
+    res = {"kind": a.kind, "root": a.root, "n": a.n, "flip_average": a.flip_average, "groups": {}}
     print(" " * 31 + " ".join(f"{n[:5]:>5s}" for n in EXPRESSION_NAMES))
     for name, mask in groups.items():
         m = np.array(mask)
