@@ -21,6 +21,7 @@ from PIL import Image
 
 from emojidiff.synthetic.analysers import PRESENCE_THRESHOLD, SyntheticAnalysers
 from emojidiff.synthetic.base_model import load_base_pipeline
+from emojidiff.synthetic.bench import sample_base_images
 from emojidiff.synthetic.dataset import HELDOUT_IDS, sample_portraits
 
 
@@ -36,12 +37,7 @@ def main() -> None:
 
     pipe = load_base_pipeline(a.base)
     prompts = [p.caption() for p in sample_portraits(a.n, 777, HELDOUT_IDS)]
-    gen = torch.Generator().manual_seed(0)
-    images = np.concatenate([
-        pipe(prompts[k : k + 50], num_inference_steps=25, guidance_scale=a.guidance, generator=gen,
-             output_type="np").images
-        for k in range(0, a.n, 50)
-    ]).astype(np.float32)  # fmt: skip
+    images = sample_base_images(pipe, prompts, a.guidance)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     judges = {"shipped train": SyntheticAnalysers("train"), "shipped eval": SyntheticAnalysers("eval")}
     for root in a.root:

@@ -21,10 +21,11 @@ from PIL import Image, ImageFilter
 
 from emojidiff.synthetic.analysers import PRESENCE_THRESHOLD, SyntheticAnalysers
 from emojidiff.synthetic.base_model import load_base_pipeline
+from emojidiff.synthetic.bench import vae_round_trip
 from emojidiff.synthetic.dataset import HELDOUT_IDS, sample_portraits
 from emojidiff.synthetic.nets import INPUT_SIZE
 from emojidiff.synthetic.render import render_array
-from emojidiff.synthetic.train_analysers import _negatives
+from emojidiff.synthetic.train_analysers import _negatives, _to_tensor
 
 BLURS = (0.5, 1.0, 1.5, 2.5)
 
@@ -38,13 +39,6 @@ def _blur(x: torch.Tensor, radius: float) -> torch.Tensor:
     return torch.stack(out)
 
 
-@torch.no_grad()
-def _vae_round_trip(base: str | None, x: torch.Tensor) -> torch.Tensor:
-    vae = load_base_pipeline(base).vae
-    rec = [vae.decode(vae.encode(b * 2 - 1).latent_dist.mean).sample for b in x.split(50)]
-    return ((torch.cat(rec) + 1) / 2).clamp(0, 1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", action="append", default=[], help="another analyser root (holding train/ and eval/)")
@@ -54,11 +48,11 @@ def main() -> None:
     a = ap.parse_args()
 
     portraits = sample_portraits(a.n, 777, HELDOUT_IDS)
-    clean = torch.from_numpy(render_array(portraits, INPUT_SIZE)).permute(0, 3, 1, 2).contiguous()
+    clean = _to_tensor(render_array(portraits, INPUT_SIZE))
     negatives = _negatives(clean, torch.Generator().manual_seed(0))
     faces = {"clean": clean, **{f"blur {r:g} px": _blur(clean, r) for r in BLURS}}
     for base in [None, *a.base]:
-        faces[f"VAE round trip ({base or 'shipped base'})"] = _vae_round_trip(base, clean)
+        faces[f"VAE round trip ({base or 'shipped base'})"] = vae_round_trip(load_base_pipeline(base).vae, clean)
     non_faces = {"negatives": negatives, "negatives, blur 1 px": _blur(negatives, 1.0)}
 
     judges = {"shipped train": SyntheticAnalysers("train"), "shipped eval": SyntheticAnalysers("eval")}

@@ -124,16 +124,8 @@ def bench_base_guidances(
     true_words = [TEMPLATE_WORDS[nearest_template(p.expression)] for p in portraits]
     results = []
     for guidance in guidances:
-        gen = torch.Generator().manual_seed(seed)
         t = time.time()
-        images = []
-        for k in range(0, n, batch):
-            arr = pipe(
-                prompts[k : k + batch], num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-                guidance_rescale=guidance_rescale, output_type="np",
-            ).images  # fmt: skip
-            images.append(arr)
-        images = np.concatenate(images).astype(np.float32)
+        images = sample_base_images(pipe, prompts, guidance, steps, seed, batch, guidance_rescale)
         seconds = time.time() - t
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         with torch.no_grad():
@@ -159,6 +151,34 @@ def bench_base_guidances(
     return results
 
 
+def sample_base_images(
+    pipe,
+    prompts: Sequence[str],
+    guidance: float,
+    steps: int = 25,
+    seed: int = 0,
+    batch: int = 50,
+    guidance_rescale: float = 0.0,
+) -> np.ndarray:
+    """The base's samples for ``prompts`` as :func:`bench_base` draws them: (N, H, W, 3) float32 in [0, 1]."""
+    gen = torch.Generator().manual_seed(seed)
+    images = [
+        pipe(
+            list(prompts[k : k + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=gen,
+            guidance_rescale=guidance_rescale, output_type="np",
+        ).images
+        for k in range(0, len(prompts), batch)
+    ]  # fmt: skip
+    return np.concatenate(images).astype(np.float32)
+
+
+@torch.no_grad()
+def vae_round_trip(vae, x: torch.Tensor, batch: int = 50) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] encoded (latent mean) and decoded again by ``vae``, in [0, 1]."""
+    rec = torch.cat([vae.decode(vae.encode(b * 2 - 1).latent_dist.mean).sample for b in x.split(batch)])
+    return (rec / 2 + 0.5).clamp(0, 1)
+
+
 def _save_grid(images: np.ndarray, path: str | Path, cols: int = 8) -> None:
     from PIL import Image
 
@@ -174,6 +194,5 @@ def _vae_round_trip_styles(vae, style, portraits) -> dict:
     from .render import render_array
 
     x = torch.from_numpy(np.ascontiguousarray(render_array(portraits, 64))).permute(0, 3, 1, 2).float()
-    rec = torch.cat([vae.decode(vae.encode(b * 2 - 1).latent_dist.mean).sample for b in x.split(50)])
-    logits = style((rec / 2 + 0.5).clamp(0, 1))
+    logits = style(vae_round_trip(vae, x))
     return {k: v.argmax(1).numpy() for k, v in logits.items()}

@@ -129,9 +129,13 @@ def pretrain_cmd(
     click.echo(f"done: {', '.join(state['done'])}; base model in {Path(out) / 'base'}")
 
 
-RESCALE_HELP = (
-    "Rescaled classifier-free guidance (diffusers' guidance_rescale; 0 = plain). Measured on this world's bases: "
-    "at most 2 points more style words followed, fewer faces at 0.7-1 (BENCHMARKS.md)."
+guidance_rescale_option = click.option(
+    "--guidance-rescale",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Rescaled classifier-free guidance (diffusers' guidance_rescale; 0 = plain). Measured on this world's bases: "
+    "at most 2 points more style words followed, fewer faces at 0.7-1 (BENCHMARKS.md).",
 )
 
 
@@ -142,7 +146,7 @@ RESCALE_HELP = (
 @click.option("--base", type=click.Path(file_okay=False), default=None, help="Base model folder (default: shipped).")
 @click.option("--steps", type=click.IntRange(min=1), default=25, show_default=True)
 @click.option("--guidance", type=float, default=4.0, show_default=True)
-@click.option("--guidance-rescale", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help=RESCALE_HELP)
+@guidance_rescale_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
 def sample_cmd(prompt, n, out, base, steps, guidance, guidance_rescale, seed) -> None:
@@ -178,7 +182,7 @@ def sample_cmd(prompt, n, out, base, steps, guidance, guidance_rescale, seed) ->
     multiple=True,
     help="Guidance scale(s) of the base samples (repeatable; default 4).",
 )
-@click.option("--guidance-rescale", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help=RESCALE_HELP)
+@guidance_rescale_option
 @user_errors
 def bench_cmd(
     what: str,
