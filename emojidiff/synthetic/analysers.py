@@ -58,7 +58,9 @@ class SyntheticAnalysers(torch.nn.Module):
         self.identity_net = _load(
             IdentityNet(self.config["identity_arch"], self.config["identity_dim"]), folder / "identity.safetensors"
         )
-        self.face_net = _load(FaceNet(self.config["face_arch"]), folder / "face.safetensors")
+        self.face_net = _load(
+            FaceNet(self.config["face_arch"], self.config.get("face_parts", False)), folder / "face.safetensors"
+        )
         self.eval()
 
     def identity(self, x: torch.Tensor) -> torch.Tensor:

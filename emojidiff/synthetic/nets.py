@@ -103,10 +103,94 @@ class IdentityNet(nn.Module):
         return F.normalize(self.out(self.head(self.features(self.norm(x)))), dim=-1)
 
 
-class FaceNet(nn.Module):
-    """Image -> presence logit, face box, five landmarks, expression factors and landmark ratios (all at once)."""
+#: Part crops, in units of the distance between the eye centres d: (half-width, half-height, dx, dy) of the crop
+#: around a landmark. Eyes: the eye and its brow (brows sit up to ~0.7 d above the eye centre). Mouth: both lips,
+#: the corners wherever smile and smirk pull them, the open mouth.
+EYE_CROP = (0.42, 0.55, 0.0, -0.27)
+MOUTH_CROP = (0.85, 0.6, 0.0, 0.1)
+PART_SIZE = 24
+PART_FEATURES = 64
 
-    def __init__(self, arch: str = "plain"):
+
+def part_crops(x: torch.Tensor, landmarks: torch.Tensor, size: int = PART_SIZE) -> torch.Tensor:
+    """Left eye, right eye (mirrored, so it looks like a left one) and mouth, cut around the landmarks and resampled
+    to ``size`` x ``size``: (B, 3, 3, size, size). Differentiable in the images and the landmarks (image fractions).
+
+    Hand-written because it is a few lines of ``affine_grid`` / ``grid_sample``; no library offers landmark crops."""
+    eye_l, eye_r = landmarks[:, 0], landmarks[:, 1]
+    mouth = (landmarks[:, 3] + landmarks[:, 4]) / 2
+    d = (eye_r - eye_l).norm(dim=-1).clamp(min=1e-3)
+    crops = []
+    for centre, (hw, hh, dx, dy), mirror in ((eye_l, EYE_CROP, 1.0), (eye_r, EYE_CROP, -1.0), (mouth, MOUTH_CROP, 1.0)):
+        theta = x.new_zeros(len(x), 2, 3)
+        theta[:, 0, 0] = 2 * hw * d * mirror  # output [-1, 1] -> input [-1, 1] coordinates (image fraction * 2 - 1)
+        theta[:, 1, 1] = 2 * hh * d
+        theta[:, 0, 2] = 2 * (centre[:, 0] + mirror * dx * d) - 1
+        theta[:, 1, 2] = 2 * (centre[:, 1] + dy * d) - 1
+        grid = F.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
+        crops.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False))
+    return torch.stack(crops, 1)
+
+
+#: What each part head reads, by factor name. The right eye is seen mirrored, as a left one: its gaze x is negated.
+EYE_FACTORS = ("eye_open_{}", "brow_raise_{}", "brow_tilt_{}", "gaze_x", "gaze_y", "cheek_raise")
+MOUTH_FACTORS = ("smile", "mouth_open", "smirk", "pout", "cheek_raise")
+N_PART_OUT = 2 * len(EYE_FACTORS) + len(MOUTH_FACTORS)
+
+
+def part_targets(target: torch.Tensor, signed: bool = True) -> torch.Tensor:
+    """Expression targets (B, N_EXPR) in the raw [-1, 1] scale -> the part heads' targets (B, N_PART_OUT):
+    left eye, right eye (mirrored: gaze x negated, unless ``signed`` is False, as for loss weights), mouth."""
+    from .factors import EXPRESSION_NAMES
+
+    cols = []
+    for side in ("l", "r"):
+        for f in EYE_FACTORS:
+            col = target[:, EXPRESSION_NAMES.index(f.format(side))]
+            cols.append(-col if (signed and f == "gaze_x" and side == "r") else col)
+    cols += [target[:, EXPRESSION_NAMES.index(f)] for f in MOUTH_FACTORS]
+    return torch.stack(cols, 1)
+
+
+class PartHeads(nn.Module):
+    """A second look at the eyes and the mouth at full resolution, after the whole-face net found them.
+
+    The whole-face backbone halves the resolution in its first layer, and gaze moves the iris by less than a pixel
+    at 64 x 64. One small CNN reads each eye (the right one mirrored, so one CNN serves both) and predicts that eye's
+    factors, another the mouth's; each is supervised directly (:func:`part_targets`). A linear fusion then adds a
+    correction to the whole-face net's raw expression outputs from both readings; it starts at zero, so a trained
+    face net's readings are the starting point."""
+
+    def __init__(self):
+        super().__init__()
+
+        def cnn(n_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                _cbr(3, 32), _cbr(32, 48, 2), _cbr(48, 48), _cbr(48, 96, 2), _cbr(96, 96), _cbr(96, 128, 2),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 128), nn.ReLU(True), nn.Linear(128, n_out),
+            )  # fmt: skip
+
+        self.eye, self.mouth = cnn(len(EYE_FACTORS)), cnn(len(MOUTH_FACTORS))
+        self.fuse = nn.Linear(N_EXPR + N_PART_OUT, N_EXPR)
+        nn.init.zeros_(self.fuse.weight)
+        nn.init.zeros_(self.fuse.bias)
+
+    def forward(self, x: torch.Tensor, landmarks: torch.Tensor, expr: torch.Tensor):
+        """Normalised images, landmarks (B, 5, 2) as image fractions, the face net's raw expression (B, N_EXPR) ->
+        (the correction to add to it, the part heads' own raw readings (B, N_PART_OUT))."""
+        c = part_crops(x, landmarks)
+        b = len(x)
+        eyes = self.eye(c[:, :2].reshape(2 * b, *c.shape[2:])).view(b, 2 * len(EYE_FACTORS))
+        parts = torch.cat([eyes, self.mouth(c[:, 2])], 1)
+        return self.fuse(torch.cat([expr, parts], 1)), parts
+
+
+class FaceNet(nn.Module):
+    """Image -> presence logit, face box, five landmarks, expression factors and landmark ratios (all at once).
+
+    With ``parts``, :class:`PartHeads` refine the expression factors from crops around the predicted landmarks."""
+
+    def __init__(self, arch: str = "plain", parts: bool = False):
         super().__init__()
         self.arch = arch
         self.norm = _Normalize()
@@ -114,9 +198,20 @@ class FaceNet(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 16, 256), nn.ReLU(True), nn.Linear(256, FACE_OUTPUTS))
         self.register_buffer("ratio_mean", torch.zeros(N_RATIOS))
         self.register_buffer("ratio_std", torch.ones(N_RATIOS))
+        self.parts = PartHeads() if parts else None
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.norm(x)))
+        return self.raw_and_parts(x)[0]
+
+    def raw_and_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw outputs, and the part heads' own raw readings (None without part heads)."""
+        raw = self.head(self.features(self.norm(x)))
+        if self.parts is None:
+            return raw, None
+        lmk = (raw[:, OUT_LMK] * 0.25 + 0.5).view(-1, 5, 2)
+        delta, parts = self.parts(self.norm(x), lmk, raw[:, OUT_EXPR])
+        expr = raw[:, OUT_EXPR] + delta
+        return torch.cat([raw[:, : OUT_EXPR.start], expr, raw[:, OUT_EXPR.stop :]], 1), parts
 
     def decode(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw outputs -> named quantities in their natural units (box and landmarks as image fractions)."""

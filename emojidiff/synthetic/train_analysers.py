@@ -40,6 +40,7 @@ from .nets import (
     OUT_RATIOS,
     FaceNet,
     IdentityNet,
+    part_targets,
 )
 from .render import RATIO_NAMES, face_geometry, render_array
 
@@ -380,17 +381,34 @@ def evaluate_face(net: FaceNet, n: int = 1000, seed: int = 54321) -> dict:
     }
 
 
-def save_analysers(out: str | Path, kind: str, identity: IdentityNet, face: FaceNet, info: dict) -> None:
+def _save_half(net: torch.nn.Module, path: Path) -> None:
+    """A net's weights as float16 safetensors (integer buffers kept)."""
     from safetensors.torch import save_file
 
+    sd = {
+        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in net.state_dict().items()
+    }
+    save_file(sd, str(path))
+
+
+def _load_face_net(folder: Path, info: dict, parts: bool) -> FaceNet:
+    """A saved face net; with ``parts``, its part heads too (new ones if the saved net has none)."""
+    from safetensors.torch import load_file
+
+    net = FaceNet(info["face_arch"], parts=parts)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    if unexpected or any(not k.startswith("parts.") for k in missing):
+        raise ValueError(f"'{folder}/face.safetensors' does not hold a face net of architecture '{info['face_arch']}'")
+    return net
+
+
+def save_analysers(out: str | Path, kind: str, identity: IdentityNet, face: FaceNet, info: dict) -> None:
     out = Path(out, kind)
     out.mkdir(parents=True, exist_ok=True)
     for name, net in (("identity", identity), ("face", face)):
-        sd = {
-            k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-            for k, v in net.state_dict().items()
-        }
-        save_file(sd, str(out / f"{name}.safetensors"))
+        _save_half(net, out / f"{name}.safetensors")
     cfg = {"kind": kind, "identity_arch": identity.arch, "face_arch": face.arch, "identity_dim": identity.dim, **info}
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
 
@@ -430,15 +448,11 @@ def refine_face(
     render_workers: int = 0,
 ) -> dict:
     """Continue training a saved face net with fresh data, a lower peak learning rate and milder augmentation;
-    re-evaluate and overwrite ``face.safetensors`` (the identity net is kept)."""
-    from safetensors.torch import load_file, save_file
-
+    re-evaluate and overwrite ``face.safetensors`` (the identity net is kept). Part heads, if the set has them,
+    train along."""
     folder = Path(out, kind)
     info = json.loads((folder / "config.json").read_text())
-    net = FaceNet(info["face_arch"])
-    net.load_state_dict(
-        {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
-    )
+    net = _load_face_net(folder, info, parts=info.get("face_parts", False))
     cfg = AnalyserTrainConfig(
         kind=kind,
         face_steps=steps,
@@ -454,11 +468,7 @@ def refine_face(
     round_ = 1 + ("face_refine" in info) + len(info.get("face_refine_history", []))
     net = train_face(cfg, log, init=net, round_=round_)
     metrics = evaluate_face(net, n=cfg.eval_face_n)
-    sd = {
-        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-        for k, v in net.state_dict().items()
-    }
-    save_file(sd, str(folder / "face.safetensors"))
+    _save_half(net, folder / "face.safetensors")
     if "face_refine" in info:  # an earlier refinement: keep its record
         info.setdefault("face_refine_history", []).append(info["face_refine"])
     info["face_refine"] = {
@@ -477,6 +487,64 @@ def refine_face(
     return info
 
 
+def train_parts(
+    out: str | Path,
+    kind: str,
+    steps: int,
+    lr: float = 2e-3,
+    batch: int = 96,
+    aug: float = 0.5,
+    uniform_prob: float = 0.6,
+    gaze_weight: float = 8.0,
+    log=print,
+    render_workers: int = 0,
+    eval_n: int = 1000,
+) -> dict:
+    """Add :class:`~emojidiff.synthetic.nets.PartHeads` to a saved face net and train only them (the whole-face net
+    stays frozen, batch-norm statistics included), on fresh data; re-evaluate and overwrite ``face.safetensors``.
+    Running it again continues the saved heads."""
+    folder = Path(out, kind)
+    info = json.loads((folder / "config.json").read_text())
+    net = _load_face_net(folder, info, parts=True)
+    history = info.get("face_parts_train", [])
+    round_ = 100 + len(history)  # fresh draws, apart from the face net's rounds
+    torch.manual_seed(SEED[kind] + 10 + round_)
+    rng = np.random.default_rng(300 + SEED[kind] + 1000 * round_)
+    gen = torch.Generator().manual_seed(400 + SEED[kind] + 1000 * round_)
+    net.requires_grad_(False).eval()
+    net.parts.requires_grad_(True).train()
+    opt = torch.optim.AdamW(net.parts.parameters(), lr=lr, weight_decay=1e-4)
+    t0 = time.time()
+    draws = ([_sample(rng, SPLITS[kind], uniform_prob) for _ in range(batch)] for _ in range(steps))
+    for step, (ps, x) in enumerate(rendered_batches(draws, render_workers)):
+        _cosine_lr(opt, step, steps, lr)
+        x, _, _ = _augment(x, gen, aug)
+        expr = face_targets(ps)["expression"]
+        target = (expr - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
+        raw, parts = net.raw_and_parts(x)
+        w = _expr_weights(expr, gaze_weight)
+        loss = 2.0 * (F.smooth_l1_loss(raw[:, OUT_EXPR], target, reduction="none", beta=0.05) * w).mean()
+        # each head on its own factors too, so the heads learn to read their part whatever the fusion does
+        part_err = F.smooth_l1_loss(parts, part_targets(target), reduction="none", beta=0.05)
+        loss = loss + 2.0 * (part_err * part_targets(w, signed=False)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"[{kind} parts] step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    net.eval()
+    metrics = evaluate_face(net, n=eval_n)
+    _save_half(net, folder / "face.safetensors")
+    info["face_parts"] = True
+    rec = {"steps": steps, "lr": lr, "batch": batch, "aug_strength": aug, "uniform_prob": uniform_prob}
+    rec.update(gaze_weight=gaze_weight, round=round_, seconds=round(time.time() - t0, 1))
+    info["face_parts_train"] = [*history, rec]
+    info["heldout_face"] = metrics
+    (folder / "config.json").write_text(json.dumps(info, indent=2))
+    log(json.dumps({"face_mae_max": metrics["expression_mae_frac_max"], "mean": metrics["expression_mae_frac_mean"]}))
+    return info
+
+
 if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --stages analysers` is the usual way
     import argparse
 
@@ -486,6 +554,8 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--identity-steps", type=int, default=2000)
     ap.add_argument("--face-steps", type=int, default=2500)
     ap.add_argument("--refine-face-steps", type=int, default=0, help="only continue training the saved face net")
+    ap.add_argument("--part-steps", type=int, default=0, help="only add (or continue) the saved face net's part heads")
+    ap.add_argument("--part-lr", type=float, default=2e-3, help="peak learning rate of --part-steps")
     ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
     ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
     ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
@@ -495,6 +565,10 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--render-workers", type=int, default=0, help="processes rendering face-net batches ahead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.part_steps:
+        train_parts(a.out, a.kind, a.part_steps, a.part_lr, uniform_prob=a.uniform_prob, gaze_weight=a.gaze_weight,
+                    render_workers=a.render_workers)  # fmt: skip
+        raise SystemExit(0)
     if a.refine_face_steps:
         refine_face(
             a.out,

@@ -1,0 +1,106 @@
+"""Part heads: landmark crops (geometry, mirroring, gradients), a face net with heads starting exactly where the
+face net alone reads, and training them on a copy of a shipped set that the analysers then load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from emojidiff.synthetic import TEMPLATES, Identity, Portrait, Style, face_geometry
+from emojidiff.synthetic.base_model import ANALYSERS_DIR
+from emojidiff.synthetic.nets import PART_SIZE, FaceNet, part_crops
+from emojidiff.synthetic.render import render_array
+from emojidiff.synthetic.train_analysers import _to_tensor
+
+
+def _portrait(name: str = "surprise") -> Portrait:
+    return Portrait(1_000_003, Identity.from_id(1_000_003), TEMPLATES[name], Style("blue", "flat"))
+
+
+def test_crops_cut_the_parts_around_the_landmarks_and_mirror_the_right_eye():
+    # a left-right symmetric image with symmetric landmarks: the mirrored right-eye crop is the left-eye crop
+    x = torch.rand(2, 3, 64, 64)
+    x = (x + x.flip(-1)) / 2
+    lmk = torch.tensor([[0.35, 0.45], [0.65, 0.45], [0.5, 0.6], [0.4, 0.72], [0.6, 0.72]]).expand(2, 5, 2)
+    c = part_crops(x, lmk)
+    assert c.shape == (2, 3, 3, PART_SIZE, PART_SIZE)
+    assert torch.allclose(c[:, 0], c[:, 1], atol=1e-5)
+    assert torch.allclose(c[:, 2], c[:, 2].flip(-1), atol=1e-5)  # the mouth crop is centred
+    # a dark dot at a rendered portrait's true left-eye centre lands in the left crop, not the right one
+    p = _portrait()
+    img = _to_tensor(render_array([p], 64))
+    lm = torch.tensor(face_geometry(p, 64)["landmarks"])[None] / 64
+    marked = img.clone()
+    ex, ey = (lm[0, 0] * 64).long().tolist()
+    marked[:, :, ey - 1 : ey + 2, ex - 1 : ex + 2] = torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    diff = (part_crops(marked, lm) - part_crops(img, lm)).abs().sum(dim=(2, 3, 4))[0]
+    assert diff[0] > 1.0 and diff[1] == 0 and diff[2] == 0
+
+
+def test_crops_are_differentiable_in_images_and_landmarks():
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    lmk = torch.tensor([[[0.35, 0.45], [0.65, 0.45], [0.5, 0.6], [0.4, 0.72], [0.6, 0.72]]], requires_grad=True)
+    part_crops(x, lmk).square().sum().backward()
+    assert x.grad.abs().sum() > 0 and lmk.grad.abs().sum() > 0
+
+
+def test_untrained_part_heads_leave_the_face_nets_reading_unchanged():
+    torch.manual_seed(0)
+    plain = FaceNet("res").eval()
+    with_parts = FaceNet("res", parts=True).eval()
+    missing, unexpected = with_parts.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("parts.") for k in missing)
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain(x), with_parts(x)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
+def test_trained_part_heads_are_saved_recorded_and_loaded(tmp_path):
+    from emojidiff.synthetic.analysers import SyntheticAnalysers
+    from emojidiff.synthetic.train_analysers import train_parts
+
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
+    logs: list[str] = []
+    info = train_parts(tmp_path, "train", steps=3, batch=8, lr=1e-2, log=logs.append, eval_n=16)
+    saved = json.loads((tmp_path / "train" / "config.json").read_text())
+    assert saved["face_parts"] is True and len(saved["face_parts_train"]) == 1 == len(info["face_parts_train"])
+    assert saved["face_parts_train"][0]["steps"] == 3 and saved["heldout_face"]["n"] == 16
+    assert any("[train parts] step 2/3" in m for m in logs)
+
+    shipped, refined = SyntheticAnalysers("train"), SyntheticAnalysers("train", tmp_path / "train")
+    assert refined.face_net.parts is not None and shipped.face_net.parts is None
+    x = _to_tensor(render_array([_portrait(n) for n in ("smile", "wink_left")], 64))
+    with torch.no_grad():
+        a, b = shipped.face(x), refined.face(x)
+    assert torch.allclose(a["landmarks"], b["landmarks"], atol=1e-3)  # the whole-face net stayed frozen
+    assert not torch.allclose(a["expression"], b["expression"], atol=1e-4)  # the heads now correct it
+    x.requires_grad_(True)
+    refined.expression(x).sum().backward()
+    assert np.isfinite(x.grad.numpy()).all() and x.grad.abs().sum() > 0
+
+    train_parts(tmp_path, "train", steps=2, batch=8, log=lambda _: None, eval_n=16)  # continues the saved heads
+    assert len(json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"]) == 2
+
+
+def test_part_targets_read_the_right_eye_as_a_mirrored_left_one():
+    from emojidiff.synthetic.factors import Expression
+    from emojidiff.synthetic.nets import EYE_FACTORS, MOUTH_FACTORS, N_PART_OUT, part_targets
+
+    e = Expression(eye_open_l=0.2, eye_open_r=0.9, brow_tilt_r=0.5, gaze_x=0.7, gaze_y=-0.3, pout=0.4)
+    v = torch.tensor(np.array([e.to_vector()]), dtype=torch.float32)
+    t, w = part_targets(v)[0], part_targets(v, signed=False)[0]
+    assert t.shape == (N_PART_OUT,) and len(EYE_FACTORS) == 6
+    left, right, mouth = t[:6].tolist(), t[6:12].tolist(), t[12:].tolist()
+    assert left[:5] == pytest.approx([0.2, 0.0, 0.0, 0.7, -0.3])
+    assert right[:5] == pytest.approx([0.9, 0.0, 0.5, -0.7, -0.3])  # seen mirrored: gaze x flips
+    assert mouth[MOUTH_FACTORS.index("pout")] == pytest.approx(0.4)
+    assert w[6 + EYE_FACTORS.index("gaze_x")] == pytest.approx(0.7)  # weights keep their sign
+    mirrored = torch.tensor(np.array([e.mirrored().to_vector()]), dtype=torch.float32)
+    assert torch.allclose(part_targets(mirrored)[0, :6], t[6:12])  # the mirrored face's left eye is this right eye
