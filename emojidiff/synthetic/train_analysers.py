@@ -554,7 +554,9 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--identity-steps", type=int, default=2000)
     ap.add_argument("--face-steps", type=int, default=2500)
     ap.add_argument("--refine-face-steps", type=int, default=0, help="only continue training the saved face net")
-    ap.add_argument("--part-steps", type=int, default=0, help="only add (or continue) the saved face net's part heads")
+    ap.add_argument(
+        "--part-steps", type=int, default=0, help="only add (or continue) the saved face net's part heads (on the CPU)"
+    )
     ap.add_argument("--part-lr", type=float, default=2e-3, help="peak learning rate of --part-steps")
     ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
     ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
@@ -566,8 +568,15 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.part_steps:
-        train_parts(a.out, a.kind, a.part_steps, a.part_lr, uniform_prob=a.uniform_prob, gaze_weight=a.gaze_weight,
-                    render_workers=a.render_workers)  # fmt: skip
+        train_parts(
+            a.out,
+            a.kind,
+            a.part_steps,
+            a.part_lr,
+            uniform_prob=a.uniform_prob,
+            gaze_weight=a.gaze_weight,
+            render_workers=a.render_workers,
+        )
         raise SystemExit(0)
     if a.refine_face_steps:
         refine_face(
