@@ -109,7 +109,6 @@ class IdentityNet(nn.Module):
 EYE_CROP = (0.42, 0.55, 0.0, -0.27)
 MOUTH_CROP = (0.85, 0.6, 0.0, 0.1)
 PART_SIZE = 24
-PART_FEATURES = 64
 
 
 def part_crops(x: torch.Tensor, landmarks: torch.Tensor, size: int = PART_SIZE) -> torch.Tensor:
@@ -205,11 +204,12 @@ class FaceNet(nn.Module):
 
     def raw_and_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw outputs, and the part heads' own raw readings (None without part heads)."""
-        raw = self.head(self.features(self.norm(x)))
+        xn = self.norm(x)
+        raw = self.head(self.features(xn))
         if self.parts is None:
             return raw, None
         lmk = (raw[:, OUT_LMK] * 0.25 + 0.5).view(-1, 5, 2)
-        delta, parts = self.parts(self.norm(x), lmk, raw[:, OUT_EXPR])
+        delta, parts = self.parts(xn, lmk, raw[:, OUT_EXPR])
         expr = raw[:, OUT_EXPR] + delta
         return torch.cat([raw[:, : OUT_EXPR.start], expr, raw[:, OUT_EXPR.stop :]], 1), parts
 

@@ -184,6 +184,18 @@ def _expr_weights(expr: torch.Tensor, gaze_weight: float = 1.0) -> torch.Tensor:
     return w
 
 
+def _raw_expression(expr: torch.Tensor) -> torch.Tensor:
+    """Expression factors in their natural ranges -> the face net's raw [-1, 1] scale (what its outputs are fit to)."""
+    return (expr - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
+
+
+def _data_seeds(kind: str, round_: int) -> tuple[np.random.Generator, torch.Generator]:
+    """Seed torch for a face-net training round of a set; return its portrait draws' and augmentations' generators."""
+    torch.manual_seed(SEED[kind] + 10 + round_)
+    offset = SEED[kind] + 1000 * round_
+    return np.random.default_rng(300 + offset), torch.Generator().manual_seed(400 + offset)
+
+
 def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int, gaze_weight: float = 1.0) -> torch.Tensor:
     raw = net.raw(x)
     labels = torch.zeros(len(x), device=x.device)
@@ -194,7 +206,7 @@ def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int, gaze_we
     lmk = _pixels_to_out(tg["landmarks"], s, t, INPUT_SIZE).reshape(-1, 10)
     loss = loss + F.smooth_l1_loss(r[:, OUT_BOX], (box - 0.5) / 0.25, beta=0.05)
     loss = loss + F.smooth_l1_loss(r[:, OUT_LMK], (lmk - 0.5) / 0.25, beta=0.05)
-    target = (tg["expression"] - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
+    target = _raw_expression(tg["expression"])
     w = _expr_weights(tg["expression"], gaze_weight)
     loss = loss + 2.0 * (F.smooth_l1_loss(r[:, OUT_EXPR], target, reduction="none", beta=0.05) * w).mean()
     rt = (tg["ratios"] - net.ratio_mean) / net.ratio_std
@@ -235,9 +247,7 @@ def train_identity(
 
 def train_face(cfg: AnalyserTrainConfig, log=print, init: FaceNet | None = None, round_: int = 0) -> FaceNet:
     """Train the face net from scratch, or continue ``init`` (``round_`` > 0 draws fresh data)."""
-    torch.manual_seed(SEED[cfg.kind] + 10 + round_)
-    rng = np.random.default_rng(300 + SEED[cfg.kind] + 1000 * round_)
-    gen = torch.Generator().manual_seed(400 + SEED[cfg.kind] + 1000 * round_)
+    rng, gen = _data_seeds(cfg.kind, round_)
     if init is None:
         net = FaceNet(ARCH[cfg.kind])
         probe = [_sample(rng, SPLITS[cfg.kind]) for _ in range(2000)]
@@ -508,9 +518,7 @@ def train_parts(
     net = _load_face_net(folder, info, parts=True)
     history = info.get("face_parts_train", [])
     round_ = 100 + len(history)  # fresh draws, apart from the face net's rounds
-    torch.manual_seed(SEED[kind] + 10 + round_)
-    rng = np.random.default_rng(300 + SEED[kind] + 1000 * round_)
-    gen = torch.Generator().manual_seed(400 + SEED[kind] + 1000 * round_)
+    rng, gen = _data_seeds(kind, round_)
     net.requires_grad_(False).eval()
     net.parts.requires_grad_(True).train()
     opt = torch.optim.AdamW(net.parts.parameters(), lr=lr, weight_decay=1e-4)
@@ -520,7 +528,7 @@ def train_parts(
         _cosine_lr(opt, step, steps, lr)
         x, _, _ = _augment(x, gen, aug)
         expr = face_targets(ps)["expression"]
-        target = (expr - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
+        target = _raw_expression(expr)
         raw, parts = net.raw_and_parts(x)
         w = _expr_weights(expr, gaze_weight)
         loss = 2.0 * (F.smooth_l1_loss(raw[:, OUT_EXPR], target, reduction="none", beta=0.05) * w).mean()
