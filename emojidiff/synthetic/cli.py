@@ -88,6 +88,18 @@ def gallery_cmd(out: str, size: int) -> None:
 @click.option("--vae-steps", type=click.IntRange(min=1), default=None, help="Override the VAE step count.")
 @click.option("--clip-steps", type=click.IntRange(min=1), default=None, help="Override the CLIP step count.")
 @click.option("--n-images", type=click.IntRange(min=8), default=None, help="Override the number of renders.")
+@click.option(
+    "--part-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Extra UNet loss weight around the eyes and mouth (default 0: none), so expressions are learned.",
+)
+@click.option(
+    "--attention-at-full-res",
+    is_flag=True,
+    default=None,
+    help="A UNet with cross-attention at the 16x16 latent level too (twice the time per step; new UNets only).",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
 @click.option(
     "--parallel/--sequential",
@@ -98,7 +110,19 @@ def gallery_cmd(out: str, size: int) -> None:
 )
 @user_errors
 def pretrain_cmd(
-    out, quick, resume, stages, seed, unet_steps, vae_steps, clip_steps, n_images, threads, parallel
+    out,
+    quick,
+    resume,
+    stages,
+    seed,
+    unet_steps,
+    vae_steps,
+    clip_steps,
+    n_images,
+    part_weight,
+    attention_at_full_res,
+    threads,
+    parallel,
 ) -> None:
     """Train every model of the synthetic world: analysers, VAE, CLIP text/image encoders, UNet; then OUT/base.
 
@@ -122,6 +146,8 @@ def pretrain_cmd(
         ("vae_steps", vae_steps),
         ("clip_steps", clip_steps),
         ("n_images", n_images),
+        ("part_weight", part_weight),
+        ("unet_attention_at_full_res", attention_at_full_res),
     ):
         if value is not None:
             setattr(cfg, name, value)
@@ -193,7 +219,7 @@ def bench_cmd(
     guidance: tuple[float, ...],
     guidance_rescale: float,
 ) -> None:
-    """Measure the shipped analysers (held-out people) and the base model (face presence, style following)."""
+    """Measure the shipped analysers (held-out people) and the base model (faces, style and expression words)."""
     import json
 
     import torch

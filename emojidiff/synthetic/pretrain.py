@@ -74,6 +74,12 @@ class PretrainConfig:
     unet_lr: float = 6e-4
     ckpt_every: int = 250
     caption_dropout: float = 0.1
+    #: extra weight of the diffusion loss around the eyes and the mouth (0: none). Expressions are a few pixels of
+    #: a 64-px portrait; with a uniform loss the UNet learns hair, skin and background first and draws one average
+    #: mouth and pair of eyes whatever the caption says (BENCHMARKS.md, "Base model": expression words)
+    part_weight: float = 0.0
+    #: cross-attention at the 16x16 latent level too (``base_model.make_unet``); twice the time per UNet step
+    unet_attention_at_full_res: bool = False
     #: v-prediction on a zero-terminal-SNR schedule (``base_model.make_scheduler``); False is the plain
     #: epsilon / scaled-linear schedule of Stable Diffusion 1.5, which leaves background colours unfollowed.
     zero_snr: bool = True
@@ -506,6 +512,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     text = CLIPTextModel.from_pretrained(out / "text_encoder").eval().requires_grad_(False)
     latents = _encode_latents(out, images, vae)
     del vae
+    parts = _part_weight_maps(out, cfg, captions, latents.shape[-1]) if cfg.part_weight > 0 else None
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
     noise_sched = DDPMScheduler.from_config(make_scheduler(cfg.zero_snr).config)
@@ -519,7 +526,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         log(f"[unet] resuming from {ckpts[-1].name}")
     else:
         torch.manual_seed(cfg.seed + 2)
-        unet = make_unet()
+        unet = make_unet(cfg.unet_attention_at_full_res)
     unet.train()
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
@@ -546,7 +553,10 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
             target, w = noise_sched.get_velocity(z0, noise, t), snr.clamp(min=1.0, max=5.0) / (snr + 1)
         else:
             target, w = noise, torch.clamp(snr, max=5.0) / snr
-        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * w).mean()
+        err = F.mse_loss(pred, target, reduction="none")
+        if parts is not None:
+            err = err * parts[idx]
+        loss = (err.mean(dim=(1, 2, 3)) * w).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -562,8 +572,35 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         "steps": cfg.unet_steps,
         "batch": cfg.unet_batch,
         "prediction_type": noise_sched.config.prediction_type,
+        "part_weight": cfg.part_weight,
         "final_loss": float(np.mean(losses[-100:] or [0])),
     }
+
+
+def _part_weight_maps(out: Path, cfg: PretrainConfig, captions: list[str], size: int) -> torch.Tensor:
+    """Per training image, a (1, size, size) loss weight at latent resolution: 1 plus ``cfg.part_weight`` times
+    Gaussian bumps on both eyes (brows included) and the mouth, from the renders' exact landmarks; mean 1 per image,
+    so the loss keeps its scale. The portraits are drawn again as the data stage drew them (checked by caption)."""
+    portraits = sample_portraits(cfg.n_images, cfg.seed + 1000, TRAIN_IDS)
+    if len(portraits) != len(captions) or any(p.caption() != c for p, c in zip(portraits[:64], captions, strict=False)):
+        raise RuntimeError(f"the data in {out} was not drawn with this run's seed and size; rerun its data stage")
+    lmk = np.stack([face_geometry(p, IMAGE_SIZE)["landmarks"] for p in portraits]) * (size / IMAGE_SIZE)
+    d = np.linalg.norm(lmk[:, 1] - lmk[:, 0], axis=1)[:, None, None]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    yy, xx = yy[None], xx[None]
+
+    def bump(cx, cy, sx, sy):
+        return np.exp(-0.5 * (((xx - cx[:, None, None]) / sx) ** 2 + ((yy - cy[:, None, None]) / sy) ** 2))
+
+    mouth = (lmk[:, 3] + lmk[:, 4]) / 2
+    m = np.maximum.reduce([
+        bump(lmk[:, 0, 0], lmk[:, 0, 1] - 0.1 * d[:, 0, 0], 0.25 * d, 0.3 * d),
+        bump(lmk[:, 1, 0], lmk[:, 1, 1] - 0.1 * d[:, 0, 0], 0.25 * d, 0.3 * d),
+        bump(mouth[:, 0], mouth[:, 1], 0.45 * d, 0.3 * d),
+    ])  # fmt: skip
+    w = 1.0 + cfg.part_weight * m
+    w = w / w.mean(axis=(1, 2), keepdims=True)
+    return torch.from_numpy(w.astype(np.float32)).unsqueeze(1)
 
 
 def _stage_assemble(out: Path, cfg: PretrainConfig, log) -> dict:

@@ -174,3 +174,45 @@ def test_sample_command(quick_run, tmp_path):
 def test_unknown_stage_is_a_one_line_error(tmp_path):
     res = CliRunner().invoke(main, ["world", "pretrain", "--quick", "--out", str(tmp_path), "--stages", "vae,zzz"])
     assert res.exit_code == 1 and "zzz" in res.output
+
+
+def test_part_weight_maps_peak_on_the_eyes_and_mouth_and_keep_the_loss_scale(tmp_path):
+    from emojidiff.synthetic.dataset import TRAIN_IDS, sample_portraits
+    from emojidiff.synthetic.pretrain import PretrainConfig, _part_weight_maps
+    from emojidiff.synthetic.render import face_geometry
+
+    cfg = PretrainConfig(n_images=6, part_weight=4.0)
+    portraits = sample_portraits(cfg.n_images, cfg.seed + 1000, TRAIN_IDS)
+    w = _part_weight_maps(tmp_path, cfg, [p.caption() for p in portraits], 16)
+    assert w.shape == (6, 1, 16, 16)
+    assert torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(6), atol=1e-5)
+    for k, p in enumerate(portraits):
+        lmk = face_geometry(p, 64)["landmarks"] / 4  # latent cells of 4 px
+        mouth = ((lmk[3] + lmk[4]) / 2).astype(int)
+        corner = w[k, 0, 0, 0]
+        for x, y in (lmk[0].astype(int), lmk[1].astype(int), mouth):
+            assert w[k, 0, y, x] > 2.5 * corner  # eyes and mouth weigh far more than the background
+    with pytest.raises(RuntimeError, match="not drawn with this run's seed"):
+        _part_weight_maps(tmp_path, cfg, ["another caption"] * 6, 16)
+
+
+def test_unet_options_train_and_are_recorded(tmp_path):
+    out = tmp_path / "w"
+    args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data,vae,clip,unet", "--part-weight", "3",
+            "--attention-at-full-res"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    state = json.loads((out / "state.json").read_text())
+    assert state["done"]["unet"]["part_weight"] == 3.0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["part_weight"] == 3.0 and cfg["unet_attention_at_full_res"] is True
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    assert unet["down_block_types"] == ["CrossAttnDownBlock2D"] * 3
+    assert unet["up_block_types"] == ["CrossAttnUpBlock2D"] * 3
+
+
+def test_default_unet_has_no_attention_at_full_resolution():
+    from emojidiff.synthetic.base_model import make_unet
+
+    unet = make_unet()
+    assert unet.config.down_block_types[0] == "DownBlock2D" and unet.config.up_block_types[-1] == "UpBlock2D"

@@ -59,3 +59,8 @@ def test_world_bench_base_reports_each_guidance_and_the_vae_round_trip(tmp_path)
         figures["base"]["style_word_accuracy_vae_round_trip"]
         == figures["base_guidance_2"]["style_word_accuracy_vae_round_trip"]
     )
+    # the expression-word ceiling and the commonest word's share do not depend on guidance either
+    for k in ("expression_word_followed_vae_round_trip", "expression_word_commonest_share"):
+        assert figures["base"][k] == figures["base_guidance_2"][k]
+        assert 0.1 <= figures["base"][k] <= 1.0  # 10 captions: at least one of them
+    assert 0.0 <= figures["base"]["expression_word_followed"] <= 1.0
