@@ -578,12 +578,18 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
 
 
 def _part_weight_maps(out: Path, cfg: PretrainConfig, captions: list[str], size: int) -> torch.Tensor:
-    """Per training image, a (1, size, size) loss weight at latent resolution: 1 plus ``cfg.part_weight`` times
-    Gaussian bumps on both eyes (brows included) and the mouth, from the renders' exact landmarks; mean 1 per image,
-    so the loss keeps its scale. The portraits are drawn again as the data stage drew them (checked by caption)."""
+    """:func:`part_weight_maps` of the run's training images, drawn again as the data stage drew them (checked by
+    caption)."""
     portraits = sample_portraits(cfg.n_images, cfg.seed + 1000, TRAIN_IDS)
     if len(portraits) != len(captions) or any(p.caption() != c for p, c in zip(portraits[:64], captions, strict=False)):
         raise RuntimeError(f"the data in {out} was not drawn with this run's seed and size; rerun its data stage")
+    return part_weight_maps(portraits, size, cfg.part_weight)
+
+
+def part_weight_maps(portraits, size: int, weight: float) -> torch.Tensor:
+    """Per portrait, a (1, size, size) loss weight at latent resolution: 1 plus ``weight`` times Gaussian bumps on
+    both eyes (brows included) and the mouth, from the renders' exact landmarks; mean 1 per image, so a loss keeps its
+    scale."""
     lmk = np.stack([face_geometry(p, IMAGE_SIZE)["landmarks"] for p in portraits]) * (size / IMAGE_SIZE)
     d = np.linalg.norm(lmk[:, 1] - lmk[:, 0], axis=1)[:, None, None]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
@@ -598,7 +604,7 @@ def _part_weight_maps(out: Path, cfg: PretrainConfig, captions: list[str], size:
         bump(lmk[:, 1, 0], lmk[:, 1, 1] - 0.1 * d[:, 0, 0], 0.25 * d, 0.3 * d),
         bump(mouth[:, 0], mouth[:, 1], 0.45 * d, 0.3 * d),
     ])  # fmt: skip
-    w = 1.0 + cfg.part_weight * m
+    w = 1.0 + weight * m
     w = w / w.mean(axis=(1, 2), keepdims=True)
     return torch.from_numpy(w.astype(np.float32)).unsqueeze(1)
 
