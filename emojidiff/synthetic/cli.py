@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -136,6 +137,12 @@ def pretrain_cmd(
         torch.set_num_threads(threads)
     cfg = PretrainConfig.quick() if quick else PretrainConfig()
     cfg.seed = seed
+    saved = Path(out, "config.json")
+    if resume and saved.is_file():  # the UNet's loss and shape options go on as the run began unless given again
+        run = json.loads(saved.read_text())
+        part_weight = run.get("part_weight") if part_weight is None else part_weight
+        if attention_at_full_res is None:
+            attention_at_full_res = run.get("unet_attention_at_full_res")
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
@@ -220,8 +227,6 @@ def bench_cmd(
     guidance_rescale: float,
 ) -> None:
     """Measure the shipped analysers (held-out people) and the base model (faces, style and expression words)."""
-    import json
-
     import torch
 
     from .bench import bench_analysers, bench_base_guidances, bench_render

@@ -211,6 +211,19 @@ def test_unet_options_train_and_are_recorded(tmp_path):
     assert unet["up_block_types"] == ["CrossAttnUpBlock2D"] * 3
 
 
+def test_resume_keeps_the_runs_unet_options_unless_given_again(tmp_path):
+    out = tmp_path / "w"
+    runner = CliRunner()
+    args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data,vae,clip,unet"]
+    assert runner.invoke(main, [*args, "--part-weight", "3"]).exit_code == 0
+    res = runner.invoke(main, [*args, "--resume", "--stages", "unet", "--unet-steps", "5"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "state.json").read_text())["done"]["unet"]["part_weight"] == 3.0
+    res = runner.invoke(main, [*args, "--resume", "--stages", "unet", "--unet-steps", "7", "--part-weight", "0"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "state.json").read_text())["done"]["unet"]["part_weight"] == 0.0
+
+
 def test_default_unet_has_no_attention_at_full_resolution():
     from emojidiff.synthetic.base_model import make_unet
 
