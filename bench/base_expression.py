@@ -36,19 +36,6 @@ TEXT_PAIRS = {
 TEXT_REF = "a shaded portrait of a smiling person with black short hair"
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
-
-
-def _mean_readings(analysers, x: torch.Tensor, names) -> dict[str, float]:
-    from emojidiff.synthetic.factors import EXPRESSION_NAMES
-
-    with torch.no_grad():
-        keep = analysers.presence(x) >= 0.5
-        e = analysers.expression(x[keep]).numpy()
-    return {n: round(float(e[:, EXPRESSION_NAMES.index(n)].mean()), 3) for n in names} | {"faces": int(keep.sum())}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default=None, help="a base folder (default: the shipped synthetic base)")
@@ -59,10 +46,11 @@ def main() -> None:
 
     from emojidiff.synthetic.analysers import SyntheticAnalysers
     from emojidiff.synthetic.base_model import load_base_pipeline
-    from emojidiff.synthetic.bench import sample_base_images, vae_round_trip
+    from emojidiff.synthetic.bench import mean_expression_readings, sample_base_images, vae_round_trip
     from emojidiff.synthetic.dataset import HELDOUT_IDS, sample_portraits
     from emojidiff.synthetic.factors import EXPRESSION_NAMES, TEMPLATES, Identity, Portrait, Style
     from emojidiff.synthetic.render import render_array
+    from emojidiff.synthetic.train_analysers import _to_tensor
 
     pipe = load_base_pipeline(a.base)
     pipe.set_progress_bar_config(disable=True)
@@ -77,9 +65,9 @@ def main() -> None:
         res["templates"][name] = {
             "caption": people[0].caption(),
             "true": {n: round(float(getattr(TEMPLATES[name], n)), 3) for n in SHOWN},
-            "render": _mean_readings(ev, renders, SHOWN),
-            "vae_round_trip": _mean_readings(ev, vae_round_trip(pipe.vae, renders), SHOWN),
-            "base_sample": _mean_readings(ev, samples, SHOWN),
+            "render": mean_expression_readings(ev, renders, SHOWN),
+            "vae_round_trip": mean_expression_readings(ev, vae_round_trip(pipe.vae, renders), SHOWN),
+            "base_sample": mean_expression_readings(ev, samples, SHOWN),
         }
 
     portraits = sample_portraits(96, 777, HELDOUT_IDS)

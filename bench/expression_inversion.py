@@ -50,10 +50,9 @@ def main() -> None:
     from emojidiff.eval.synthetic_cases import jittered
     from emojidiff.synthetic.analysers import SyntheticAnalysers
     from emojidiff.synthetic.base_model import load_base_pipeline
-    from emojidiff.synthetic.bench import sample_base_images
+    from emojidiff.synthetic.bench import mean_expression_readings, sample_base_images
     from emojidiff.synthetic.dataset import HELDOUT_IDS, TRAIN_IDS
     from emojidiff.synthetic.factors import (
-        EXPRESSION_NAMES,
         TEMPLATE_WORDS,
         TEMPLATES,
         Identity,
@@ -63,6 +62,7 @@ def main() -> None:
     )
     from emojidiff.synthetic.pretrain import part_weight_maps
     from emojidiff.synthetic.render import render_array
+    from emojidiff.synthetic.train_analysers import _to_tensor
 
     names = a.template or ["smile", "frown"]
     pipe = load_base_pipeline(a.base)
@@ -95,11 +95,7 @@ def main() -> None:
 
     def read(held: list) -> dict:
         x = sample_base_images(pipe, [p.caption() for p in held], a.guidance, steps=20)
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-        with torch.no_grad():
-            keep = ev.presence(t) >= 0.5
-            e = ev.expression(t[keep]).numpy()
-        return {n: round(float(e[:, k].mean()), 3) for k, n in enumerate(EXPRESSION_NAMES)} | {"faces": int(keep.sum())}
+        return mean_expression_readings(ev, _to_tensor(x))
 
     held = {n: portraits(n, a.n_eval, HELDOUT_IDS, 100 + k) for k, n in enumerate(names)}
     res: dict = {"base": a.base or "synthetic (shipped)", "steps": a.steps, "lr": a.lr, "part_weight": a.part_weight}
@@ -114,7 +110,7 @@ def main() -> None:
         delta = torch.zeros(emb_layer.weight.shape[1], requires_grad=True)
         deltas[ids[0]] = delta
         train = portraits(n, a.n_train, TRAIN_IDS, k)
-        x = torch.from_numpy(np.ascontiguousarray(render_array(train, 64))).permute(0, 3, 1, 2) * 2 - 1
+        x = _to_tensor(render_array(train, 64)) * 2 - 1
         with torch.no_grad():
             z = torch.cat([vae.encode(b).latent_dist.mean for b in x.split(64)]) * vae.config.scaling_factor
         wmap = part_weight_maps(train, z.shape[-1], a.part_weight)

@@ -41,6 +41,7 @@ def main() -> None:
     from emojidiff.synthetic.dataset import HELDOUT_IDS
     from emojidiff.synthetic.factors import EXPRESSION_NAMES, Identity, Portrait, Style, sample_expression
     from emojidiff.synthetic.render import render_array
+    from emojidiff.synthetic.train_analysers import _to_tensor
 
     rng = np.random.default_rng(0)
     pairs = []
@@ -60,7 +61,7 @@ def main() -> None:
     diff = np.abs(x[0::2] - x[1::2]).reshape(len(pairs), -1).max(1)
     gap = np.array([q.expression.pout - p.expression.pout for p, q in pairs])
     res = {"n_pairs": len(pairs), "max_pixel_difference": float(diff.max()), "mean_pout_gap": float(gap.mean())}
-    t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
+    t = _to_tensor(x)
     k = EXPRESSION_NAMES.index("pout")
     for kind in ("train", "eval"):
         with torch.no_grad():

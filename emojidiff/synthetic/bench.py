@@ -166,6 +166,18 @@ def bench_base_guidances(
     return results
 
 
+@torch.no_grad()
+def mean_expression_readings(analysers, x: torch.Tensor, names: Sequence[str] | None = None) -> dict[str, float]:
+    """Mean expression factors (``names``, default all) that ``analysers`` read on the images (B, 3, H, W) in [0, 1]
+    in which they find a face, and how many those are (``faces``)."""
+    from .factors import EXPRESSION_NAMES
+
+    keep = analysers.presence(x) >= 0.5
+    e = analysers.expression(x[keep]).numpy()
+    names = EXPRESSION_NAMES if names is None else names
+    return {n: round(float(e[:, EXPRESSION_NAMES.index(n)].mean()), 3) for n in names} | {"faces": int(keep.sum())}
+
+
 def sample_base_images(
     pipe,
     prompts: Sequence[str],
