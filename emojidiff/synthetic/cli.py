@@ -96,6 +96,19 @@ def gallery_cmd(out: str, size: int) -> None:
     help="Extra UNet loss weight around the eyes and mouth (default 0: none), so expressions are learned.",
 )
 @click.option(
+    "--expression-weight",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Weight of an expression loss on the UNet's clean-image estimate, read by the training analysers "
+    "(default 0: none), so the base learns to draw the captioned expression.",
+)
+@click.option(
+    "--expression-analysers",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Training analysers for --expression-weight (default: the run's own, OUT/analysers/train).",
+)
+@click.option(
     "--attention-at-full-res",
     is_flag=True,
     default=None,
@@ -121,6 +134,8 @@ def pretrain_cmd(
     clip_steps,
     n_images,
     part_weight,
+    expression_weight,
+    expression_analysers,
     attention_at_full_res,
     threads,
     parallel,
@@ -141,6 +156,8 @@ def pretrain_cmd(
     if resume and saved.is_file():  # the UNet's loss and shape options go on as the run began unless given again
         run = json.loads(saved.read_text())
         part_weight = run.get("part_weight") if part_weight is None else part_weight
+        expression_weight = run.get("expression_weight") if expression_weight is None else expression_weight
+        expression_analysers = expression_analysers or run.get("expression_analysers")
         if attention_at_full_res is None:
             attention_at_full_res = run.get("unet_attention_at_full_res")
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
@@ -154,6 +171,8 @@ def pretrain_cmd(
         ("clip_steps", clip_steps),
         ("n_images", n_images),
         ("part_weight", part_weight),
+        ("expression_weight", expression_weight),
+        ("expression_analysers", expression_analysers),
         ("unet_attention_at_full_res", attention_at_full_res),
     ):
         if value is not None:

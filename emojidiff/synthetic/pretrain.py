@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .base_model import (
     IMAGE_SIZE,
     clip_pixels,
@@ -78,6 +79,15 @@ class PretrainConfig:
     #: a 64-px portrait; with a uniform loss the UNet learns hair, skin and background first and draws one average
     #: mouth and pair of eyes whatever the caption says (BENCHMARKS.md, "Base model": expression words)
     part_weight: float = 0.0
+    #: weight of an expression loss on the UNet's clean-image estimate (0: none): each step, ``expression_batch``
+    #: of the batch's predicted x0 are decoded and read by the training analysers, and the L1 distance of their
+    #: expression reading to the render's true factors (range-normalised, weighted by the signal fraction alpha-bar
+    #: of the step's noise level) is added to the diffusion loss. The diffusion loss alone never made a base draw
+    #: the captioned expression (BENCHMARKS.md, "Can the base draw expressions?")
+    expression_weight: float = 0.0
+    expression_batch: int = 16
+    #: the analysers that read the expressions ("" = this run's own, OUT/analysers/train); never the evaluation set
+    expression_analysers: str = ""
     #: cross-attention at the 16x16 latent level too (``base_model.make_unet``); twice the time per UNet step
     unet_attention_at_full_res: bool = False
     #: v-prediction on a zero-terminal-SNR schedule (``base_model.make_scheduler``); False is the plain
@@ -511,8 +521,10 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
     text = CLIPTextModel.from_pretrained(out / "text_encoder").eval().requires_grad_(False)
     latents = _encode_latents(out, images, vae)
+    portraits = _run_portraits(out, cfg, captions) if cfg.part_weight > 0 or cfg.expression_weight > 0 else None
+    parts = part_weight_maps(portraits, latents.shape[-1], cfg.part_weight) if cfg.part_weight > 0 else None
+    reader = _ExpressionLoss(out, cfg, vae, portraits) if cfg.expression_weight > 0 else None
     del vae
-    parts = _part_weight_maps(out, cfg, captions, latents.shape[-1]) if cfg.part_weight > 0 else None
     ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
     noise_sched = DDPMScheduler.from_config(make_scheduler(cfg.zero_snr).config)
@@ -532,6 +544,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
     rng = np.random.default_rng(cfg.seed + 3 + start)
     losses: list[float] = []
+    expr_losses: list[float] = []
     bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps, mininterval=5)
     t0 = time.time()
     for step in bar:
@@ -557,6 +570,16 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         if parts is not None:
             err = err * parts[idx]
         loss = (err.mean(dim=(1, 2, 3)) * w).mean()
+        if reader is not None:
+            k = min(cfg.expression_batch, len(idx))
+            ab = alphas[t[:k]].view(-1, 1, 1, 1)
+            if v_pred:
+                x0 = ab.sqrt() * zt[:k] - (1 - ab).sqrt() * pred[:k]
+            else:  # epsilon: the estimate explodes as alpha-bar -> 0, where the loss's weight vanishes anyway
+                x0 = (zt[:k] - (1 - ab).sqrt() * pred[:k]) / ab.sqrt().clamp(min=0.05)
+            expr_loss = (reader(x0, idx[:k]) * ab.flatten() * (~drop[:k]).float()).mean()
+            loss = loss + cfg.expression_weight * expr_loss
+            expr_losses.append(expr_loss.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -565,7 +588,9 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         if step % 25 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
         if step % 100 == 0:
-            log(f"[unet] step {step}/{cfg.unet_steps} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
+            extra = f" expression {np.mean(expr_losses[-100:]):.4f}" if expr_losses else ""
+            mean = np.mean(losses[-100:])
+            log(f"[unet] step {step}/{cfg.unet_steps} loss {mean:.4f}{extra} ({time.time() - t0:.0f}s)")
         _checkpoint(out, "unet", unet, step + 1, cfg)
     unet.eval().save_pretrained(out / "unet")
     return {
@@ -573,17 +598,43 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         "batch": cfg.unet_batch,
         "prediction_type": noise_sched.config.prediction_type,
         "part_weight": cfg.part_weight,
+        "expression_weight": cfg.expression_weight,
         "final_loss": float(np.mean(losses[-100:] or [0])),
+        **({"final_expression_loss": float(np.mean(expr_losses[-100:]))} if expr_losses else {}),
     }
 
 
-def _part_weight_maps(out: Path, cfg: PretrainConfig, captions: list[str], size: int) -> torch.Tensor:
-    """:func:`part_weight_maps` of the run's training images, drawn again as the data stage drew them (checked by
-    caption)."""
+def _run_portraits(out: Path, cfg: PretrainConfig, captions: list[str]) -> list:
+    """The run's training portraits (exact factors), drawn again as the data stage drew them (checked by caption)."""
     portraits = sample_portraits(cfg.n_images, cfg.seed + 1000, TRAIN_IDS)
     if len(portraits) != len(captions) or any(p.caption() != c for p, c in zip(portraits[:64], captions, strict=False)):
         raise RuntimeError(f"the data in {out} was not drawn with this run's seed and size; rerun its data stage")
-    return part_weight_maps(portraits, size, cfg.part_weight)
+    return portraits
+
+
+class _ExpressionLoss:
+    """Per image, how far the training analysers' expression reading of a decoded clean-latent estimate is from the
+    render's true factors: mean L1 over the factors, each scaled to [-1, 1] (the analysers' raw output scale).
+    Differentiable in the latents; the VAE and the analysers are frozen."""
+
+    def __init__(self, out: Path, cfg: PretrainConfig, vae, portraits: list):
+        from .analysers import SyntheticAnalysers
+        from .nets import EXPR_HI, EXPR_LO
+
+        root = Path(cfg.expression_analysers) if cfg.expression_analysers else out / "analysers" / "train"
+        self.analysers = SyntheticAnalysers("train", root)
+        if self.analysers.config.get("kind", "train") == "eval":
+            raise InputError(f"{root} holds evaluation analysers: an expression loss must use the training set")
+        self.vae = vae.eval().requires_grad_(False)
+        truth = torch.from_numpy(np.stack([p.expression.to_vector() for p in portraits]))
+        self.targets = (truth - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
+
+    def __call__(self, latents: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        from .nets import OUT_EXPR
+
+        images = (_decode(self.vae, latents).clamp(-1, 1) + 1) / 2
+        raw = self.analysers.face_net.raw(images)[:, OUT_EXPR]
+        return (raw - self.targets[idx]).abs().mean(dim=1)
 
 
 def part_weight_maps(portraits, size: int, weight: float) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 from emojidiff.cli import main
+from emojidiff.synthetic.base_model import ANALYSERS_DIR
 
 
 @pytest.fixture(scope="module")
@@ -178,12 +179,12 @@ def test_unknown_stage_is_a_one_line_error(tmp_path):
 
 def test_part_weight_maps_peak_on_the_eyes_and_mouth_and_keep_the_loss_scale(tmp_path):
     from emojidiff.synthetic.dataset import TRAIN_IDS, sample_portraits
-    from emojidiff.synthetic.pretrain import PretrainConfig, _part_weight_maps
+    from emojidiff.synthetic.pretrain import PretrainConfig, _run_portraits, part_weight_maps
     from emojidiff.synthetic.render import face_geometry
 
     cfg = PretrainConfig(n_images=6, part_weight=4.0)
     portraits = sample_portraits(cfg.n_images, cfg.seed + 1000, TRAIN_IDS)
-    w = _part_weight_maps(tmp_path, cfg, [p.caption() for p in portraits], 16)
+    w = part_weight_maps(_run_portraits(tmp_path, cfg, [p.caption() for p in portraits]), 16, cfg.part_weight)
     assert w.shape == (6, 1, 16, 16)
     assert torch.allclose(w.mean(dim=(1, 2, 3)), torch.ones(6), atol=1e-5)
     for k, p in enumerate(portraits):
@@ -193,7 +194,42 @@ def test_part_weight_maps_peak_on_the_eyes_and_mouth_and_keep_the_loss_scale(tmp
         for x, y in (lmk[0].astype(int), lmk[1].astype(int), mouth):
             assert w[k, 0, y, x] > 2.5 * corner  # eyes and mouth weigh far more than the background
     with pytest.raises(RuntimeError, match="not drawn with this run's seed"):
-        _part_weight_maps(tmp_path, cfg, ["another caption"] * 6, 16)
+        _run_portraits(tmp_path, cfg, ["another caption"] * 6)
+
+
+def test_expression_loss_prefers_each_renders_own_expression_and_reaches_the_latents(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from emojidiff.synthetic.base_model import BASE_DIR
+    from emojidiff.synthetic.dataset import TRAIN_IDS, sample_portraits
+    from emojidiff.synthetic.pretrain import PretrainConfig, _ExpressionLoss, _to_unit
+    from emojidiff.synthetic.render import render_array
+
+    torch.manual_seed(0)
+    cfg = PretrainConfig(n_images=12, expression_weight=1.0, expression_analysers=str(ANALYSERS_DIR / "train"))
+    portraits = sample_portraits(cfg.n_images, cfg.seed + 1000, TRAIN_IDS)
+    vae = AutoencoderKL.from_pretrained(BASE_DIR / "vae")
+    images = (render_array(portraits, 64) * 255).round().astype(np.uint8)
+    with torch.no_grad():
+        latents = vae.encode(_to_unit(images)).latent_dist.mean * vae.config.scaling_factor
+    reader = _ExpressionLoss(tmp_path, cfg, vae, portraits)
+    idx = torch.arange(cfg.n_images)
+    z = latents.clone().requires_grad_(True)
+    own = reader(z, idx)
+    shuffled = reader(latents.roll(1, 0), idx)
+    assert own.shape == (12,) and own.mean() < 0.5 * shuffled.mean()
+    own.mean().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert not any(p.requires_grad for p in vae.parameters())
+
+
+def test_expression_loss_refuses_the_evaluation_analysers(tmp_path):
+    from emojidiff.errors import InputError
+    from emojidiff.synthetic.pretrain import PretrainConfig, _ExpressionLoss
+
+    cfg = PretrainConfig(n_images=2, expression_weight=1.0, expression_analysers=str(ANALYSERS_DIR / "eval"))
+    with pytest.raises(InputError, match="evaluation analysers"):
+        _ExpressionLoss(tmp_path, cfg, None, [])
 
 
 def test_unet_options_train_and_are_recorded(tmp_path):
@@ -204,6 +240,7 @@ def test_unet_options_train_and_are_recorded(tmp_path):
     assert res.exit_code == 0, res.output
     state = json.loads((out / "state.json").read_text())
     assert state["done"]["unet"]["part_weight"] == 3.0
+    assert state["done"]["unet"]["expression_weight"] == 0.0 and "final_expression_loss" not in state["done"]["unet"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["part_weight"] == 3.0 and cfg["unet_attention_at_full_res"] is True
     unet = json.loads((out / "unet" / "config.json").read_text())
@@ -222,6 +259,21 @@ def test_resume_keeps_the_runs_unet_options_unless_given_again(tmp_path):
     res = runner.invoke(main, [*args, "--resume", "--stages", "unet", "--unet-steps", "7", "--part-weight", "0"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "state.json").read_text())["done"]["unet"]["part_weight"] == 0.0
+
+
+def test_expression_weight_trains_is_recorded_and_kept_on_resume(tmp_path):
+    out = tmp_path / "w"
+    runner = CliRunner()
+    args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data,vae,clip,unet"]
+    train = str(ANALYSERS_DIR / "train")
+    res = runner.invoke(main, [*args, "--expression-weight", "2", "--expression-analysers", train])
+    assert res.exit_code == 0, res.output
+    unet = json.loads((out / "state.json").read_text())["done"]["unet"]
+    assert unet["expression_weight"] == 2.0 and np.isfinite(unet["final_expression_loss"])
+    res = runner.invoke(main, [*args, "--resume", "--stages", "unet", "--unet-steps", "5"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["expression_weight"] == 2.0 and cfg["expression_analysers"] == train
 
 
 def test_default_unet_has_no_attention_at_full_resolution():
