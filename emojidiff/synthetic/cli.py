@@ -93,14 +93,16 @@ def gallery_cmd(out: str, size: int) -> None:
     "--part-weight",
     type=click.FloatRange(min=0),
     default=None,
-    help="Extra UNet loss weight around the eyes and mouth (default 0: none), so expressions are learned.",
+    help="Extra UNet loss weight around the eyes and mouth (default 0: none). A pilot for drawing expressions; "
+    "measured: it does not make the base draw them (BENCHMARKS.md).",
 )
 @click.option(
     "--expression-weight",
     type=click.FloatRange(min=0),
     default=None,
     help="Weight of an expression loss on the UNet's clean-image estimate, read by the training analysers "
-    "(default 0: none), so the base learns to draw the captioned expression.",
+    "(default 0: none). A pilot for drawing expressions; measured: it does not make the base draw them "
+    "(BENCHMARKS.md).",
 )
 @click.option(
     "--expression-analysers",

@@ -83,7 +83,8 @@ class PretrainConfig:
     #: of the batch's predicted x0 are decoded and read by the training analysers, and the L1 distance of their
     #: expression reading to the render's true factors (range-normalised, weighted by the signal fraction alpha-bar
     #: of the step's noise level) is added to the diffusion loss. The diffusion loss alone never made a base draw
-    #: the captioned expression (BENCHMARKS.md, "Can the base draw expressions?")
+    #: the captioned expression; weight 1 for 2500 steps did not either (BENCHMARKS.md, "Can the base draw
+    #: expressions?")
     expression_weight: float = 0.0
     expression_batch: int = 16
     #: the analysers that read the expressions ("" = this run's own, OUT/analysers/train); never the evaluation set
