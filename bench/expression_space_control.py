@@ -52,6 +52,7 @@ def main() -> None:
 
     from emojidiff.synthetic.analysers import SyntheticAnalysers
     from emojidiff.synthetic.base_model import TEXT_DIM, make_scheduler, make_unet
+    from emojidiff.synthetic.bench import min_snr_v_loss
     from emojidiff.synthetic.dataset import HELDOUT_IDS, TRAIN_IDS, sample_portraits
     from emojidiff.synthetic.factors import EXPRESSION_NAMES, TEMPLATES, Identity, Portrait, Style
     from emojidiff.synthetic.pretrain import PretrainConfig, _run_portraits
@@ -77,7 +78,6 @@ def main() -> None:
     factors = torch.from_numpy(np.stack([p.expression.to_vector() for p in portraits]))
     proj = torch.nn.Linear(13, TEXT_DIM)
     sched = DDPMScheduler.from_config(make_scheduler(True).config)
-    alphas = sched.alphas_cumprod
     opt = torch.optim.AdamW([*unet.parameters(), *proj.parameters()], lr=a.lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -94,13 +94,7 @@ def main() -> None:
         idx = rng.choice(len(data), a.batch, replace=False)
         x0 = data[idx]
         keep = torch.rand(len(idx), generator=gen) >= 0.1
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
-        xt = sched.add_noise(x0, noise, t)
-        snr = alphas[t] / (1 - alphas[t])
-        err = F.mse_loss(unet(xt, t, token(factors[idx], keep)).sample, sched.get_velocity(x0, noise, t),
-                         reduction="none")  # fmt: skip
-        loss = (err.mean(dim=(1, 2, 3)) * snr.clamp(min=1.0, max=5.0) / (snr + 1)).mean()
+        loss = min_snr_v_loss(unet, sched, x0, token(factors[idx], keep), gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 WORDS = {"smile": "smiling", "frown": "frowning"}
 LEVELS = (250, 400, 500, 600, 700, 800)
@@ -57,6 +56,7 @@ def main() -> None:
 
     from emojidiff.synthetic.analysers import SyntheticAnalysers
     from emojidiff.synthetic.base_model import load_base_pipeline
+    from emojidiff.synthetic.bench import min_snr_v_loss
     from emojidiff.synthetic.dataset import HELDOUT_IDS
     from emojidiff.synthetic.factors import TEMPLATES, Identity, Portrait, Style
     from emojidiff.synthetic.pretrain import PretrainConfig, _run_portraits
@@ -120,12 +120,7 @@ def main() -> None:
                 film["labels"], cond = f * (~drop).float()[:, None], h
             else:
                 cond = torch.cat([h, (proj(f) * (~drop).float()[:, None])[:, None]], 1)
-            noise = torch.randn(z0.shape, generator=gen)
-            t = torch.randint(0, sched.config.num_train_timesteps, (len(idx),), generator=gen)
-            zt = sched.add_noise(z0, noise, t)
-            snr = alphas[t] / (1 - alphas[t])
-            err = F.mse_loss(unet(zt, t, cond).sample, sched.get_velocity(z0, noise, t), reduction="none")
-            loss = (err.mean(dim=(1, 2, 3)) * snr.clamp(min=1.0, max=5.0) / (snr + 1)).mean()
+            loss = min_snr_v_loss(unet, sched, z0, cond, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

@@ -223,3 +223,16 @@ def _vae_round_trip_images(vae, portraits) -> torch.Tensor:
 
     x = torch.from_numpy(np.ascontiguousarray(render_array(portraits, 64))).permute(0, 3, 1, 2).float()
     return vae_round_trip(vae, x)
+
+
+def min_snr_v_loss(unet, sched, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The bases' diffusion loss on a batch, for the bench scripts that train a UNet: noise and timesteps drawn from
+    ``gen`` (in that order), v-prediction target, min-SNR-5 weighting floored at 1 (as ``world pretrain``'s UNet
+    stage, without its optional part and expression weights)."""
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(0, sched.config.num_train_timesteps, (len(x0),), generator=gen)
+    xt = sched.add_noise(x0, noise, t)
+    alphas = sched.alphas_cumprod[t]
+    snr = alphas / (1 - alphas)
+    err = torch.nn.functional.mse_loss(unet(xt, t, cond).sample, sched.get_velocity(x0, noise, t), reduction="none")
+    return (err.mean(dim=(1, 2, 3)) * snr.clamp(min=1.0, max=5.0) / (snr + 1)).mean()
