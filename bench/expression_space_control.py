@@ -69,8 +69,7 @@ def main() -> None:
     else:
         run = Path(a.run)
         captions = json.loads((run / "data_captions.json").read_text())["captions"]
-        cfg = PretrainConfig(**{k: v for k, v in json.loads((run / "config.json").read_text()).items()
-                                if k in PretrainConfig.__dataclass_fields__})  # fmt: skip
+        cfg = PretrainConfig.from_run(run)
         portraits = _run_portraits(run, cfg, captions)
         data = torch.from_numpy(np.load(run / "data_latents.npy"))
         vae = AutoencoderKL.from_pretrained(run / "vae").eval()

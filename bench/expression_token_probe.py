@@ -98,8 +98,7 @@ def main() -> None:
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
     alphas = sched.alphas_cumprod
     if not a.probe_only:
-        cfg = PretrainConfig(**{k: v for k, v in json.loads((run / "config.json").read_text()).items()
-                                if k in PretrainConfig.__dataclass_fields__})  # fmt: skip
+        cfg = PretrainConfig.from_run(run)
         captions = json.loads((run / "data_captions.json").read_text())["captions"]
         latents = torch.from_numpy(np.load(run / "data_latents.npy"))
         factors = torch.from_numpy(np.stack([p.expression.to_vector() for p in _run_portraits(run, cfg, captions)]))

@@ -48,6 +48,7 @@ from .base_model import (
 )
 from .dataset import TRAIN_IDS, sample_portraits
 from .factors import TEMPLATE_WORDS, nearest_template
+from .nets import EXPR_HI, EXPR_LO, OUT_EXPR
 from .pretrain_stages import STAGES
 from .render import face_geometry, render_array
 from .tokenizer import world_tokenizer
@@ -95,6 +96,12 @@ class PretrainConfig:
     #: epsilon / scaled-linear schedule of Stable Diffusion 1.5, which leaves background colours unfollowed.
     zero_snr: bool = True
     stages: list[str] = field(default_factory=lambda: list(STAGES))
+
+    @classmethod
+    def from_run(cls, out: str | Path) -> PretrainConfig:
+        """The config a run was made with (``OUT/config.json``); keys of other versions are ignored."""
+        saved = json.loads((Path(out) / "config.json").read_text())
+        return cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
 
     @classmethod
     def quick(cls) -> PretrainConfig:
@@ -620,7 +627,6 @@ class _ExpressionLoss:
 
     def __init__(self, out: Path, cfg: PretrainConfig, vae, portraits: list):
         from .analysers import SyntheticAnalysers
-        from .nets import EXPR_HI, EXPR_LO
 
         root = Path(cfg.expression_analysers) if cfg.expression_analysers else out / "analysers" / "train"
         self.analysers = SyntheticAnalysers("train", root)
@@ -631,8 +637,6 @@ class _ExpressionLoss:
         self.targets = (truth - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
 
     def __call__(self, latents: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        from .nets import OUT_EXPR
-
         images = (_decode(self.vae, latents).clamp(-1, 1) + 1) / 2
         raw = self.analysers.face_net.raw(images)[:, OUT_EXPR]
         return (raw - self.targets[idx]).abs().mean(dim=1)
