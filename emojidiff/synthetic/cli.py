@@ -111,6 +111,13 @@ def gallery_cmd(out: str, size: int) -> None:
     help="Training analysers for --expression-weight (default: the run's own, OUT/analysers/train).",
 )
 @click.option(
+    "--expression-captions",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="Share of the template-drawn renders captioned by their expression alone ('a smiling person') at each "
+    "UNet step; renders drawn uniformly then lose the expression word (default 0: the captions as drawn).",
+)
+@click.option(
     "--attention-at-full-res",
     is_flag=True,
     default=None,
@@ -138,6 +145,7 @@ def pretrain_cmd(
     part_weight,
     expression_weight,
     expression_analysers,
+    expression_captions,
     attention_at_full_res,
     threads,
     parallel,
@@ -160,6 +168,7 @@ def pretrain_cmd(
         part_weight = run.get("part_weight") if part_weight is None else part_weight
         expression_weight = run.get("expression_weight") if expression_weight is None else expression_weight
         expression_analysers = expression_analysers or run.get("expression_analysers")
+        expression_captions = run.get("expression_captions") if expression_captions is None else expression_captions
         if attention_at_full_res is None:
             attention_at_full_res = run.get("unet_attention_at_full_res")
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
@@ -175,6 +184,7 @@ def pretrain_cmd(
         ("part_weight", part_weight),
         ("expression_weight", expression_weight),
         ("expression_analysers", expression_analysers),
+        ("expression_captions", expression_captions),
         ("unet_attention_at_full_res", attention_at_full_res),
     ):
         if value is not None:

@@ -246,6 +246,21 @@ def nearest_template(expr: Expression) -> str:
     return list(TEMPLATES)[int(np.argmin(d))]
 
 
+#: Below this range-normalised L1 distance to its nearest template an expression is that template's (jittered
+#: template draws: 95th percentile 0.76, 99th 0.89; uniform draws: 5th percentile 2.36).
+NAMED_DISTANCE = 1.5
+
+
+def template_distance(expr: Expression) -> float:
+    """Range-normalised L1 distance from ``expr`` to its nearest named template."""
+    return float(np.abs((_TEMPLATE_MATRIX - expr.to_vector()[None]) / _SPANS).sum(axis=1).min())
+
+
+def expression_caption(expr: Expression) -> str:
+    """A caption naming only the expression, e.g. 'a smiling person'."""
+    return f"a {TEMPLATE_WORDS[nearest_template(expr)]} person"
+
+
 def sample_expression(rng: np.random.Generator, uniform_prob: float = 0.3, jitter: float = 0.12) -> Expression:
     """A template with jitter (most of the time) or a uniformly random factor vector (``uniform_prob``)."""
     return sample_expression_with_source(rng, uniform_prob, jitter)[0]
@@ -336,17 +351,18 @@ def sample_portrait(rng: np.random.Generator, identity_ids: tuple[int, int] = (0
     return Portrait(iid, Identity.from_id(iid, world_seed), sample_expression(rng), Style.sample(rng))
 
 
-def caption(identity: Identity, expression: Expression, style: Style) -> str:
+def caption(identity: Identity, expression: Expression, style: Style, name_expression: bool = True) -> str:
     """e.g. 'a shaded pastel portrait of a smiling person with red curly hair, blue eyes and glasses, on a green
-    background'. Every style factor and the main appearance factors are named, so prompts can steer them."""
-    word = TEMPLATE_WORDS[nearest_template(expression)]
+    background'. Every style factor and the main appearance factors are named, so prompts can steer them;
+    ``name_expression=False`` leaves the expression word out ('... of a person with ...')."""
+    word = TEMPLATE_WORDS[nearest_template(expression)] + " " if name_expression else ""
     palette, accessories = style_words(style)
     hair = "bald" if identity.hair_style == "bald" else f"{identity.hair_colour} {identity.hair_style} hair"
     parts = [hair, f"{identity.eye_colour} eyes", *accessories]
     if identity.hair_style == "bald":
-        who = f"a {word} bald person with " + _join(parts[1:])
+        who = f"a {word}bald person with " + _join(parts[1:])
     else:
-        who = f"a {word} person with " + _join(parts)
+        who = f"a {word}person with " + _join(parts)
     return f"a {style.shading} {palette}portrait of {who}, on a {style.background} background"
 
 

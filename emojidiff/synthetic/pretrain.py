@@ -47,7 +47,7 @@ from .base_model import (
     vision_config,
 )
 from .dataset import TRAIN_IDS, sample_portraits
-from .factors import TEMPLATE_WORDS, nearest_template
+from .factors import NAMED_DISTANCE, caption, expression_caption, template_distance
 from .nets import EXPR_HI, EXPR_LO, OUT_EXPR
 from .pretrain_stages import STAGES
 from .render import face_geometry, render_array
@@ -90,6 +90,11 @@ class PretrainConfig:
     expression_batch: int = 16
     #: the analysers that read the expressions ("" = this run's own, OUT/analysers/train); never the evaluation set
     expression_analysers: str = ""
+    #: share of the template-drawn renders whose caption is, at each UNet step, only their expression ('a smiling
+    #: person'); when > 0, renders far from every template (drawn uniformly) also lose the expression word from
+    #: their captions, where the nearest template's word is only loosely right. 0: the data stage's captions as
+    #: they are. In a full caption the expression is one word of ~15 and the base learns to ignore it
+    expression_captions: float = 0.0
     #: cross-attention at the 16x16 latent level too (``base_model.make_unet``); twice the time per UNet step
     unet_attention_at_full_res: bool = False
     #: v-prediction on a zero-terminal-SNR schedule (``base_model.make_scheduler``); False is the plain
@@ -314,8 +319,7 @@ def _stage_data(out: Path, cfg: PretrainConfig, log) -> dict:
 
 
 def _crop_caption(p) -> str:
-    word = TEMPLATE_WORDS[nearest_template(p.expression)]
-    return f"a {word} person with {p.identity.eye_colour} eyes"
+    return f"{expression_caption(p.expression)} with {p.identity.eye_colour} eyes"
 
 
 def _load_data(out: Path):
@@ -529,12 +533,13 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     tok = CLIPTokenizer.from_pretrained(out / "tokenizer")
     text = CLIPTextModel.from_pretrained(out / "text_encoder").eval().requires_grad_(False)
     latents = _encode_latents(out, images, vae)
-    portraits = _run_portraits(out, cfg, captions) if cfg.part_weight > 0 or cfg.expression_weight > 0 else None
+    needs_portraits = cfg.part_weight > 0 or cfg.expression_weight > 0 or cfg.expression_captions > 0
+    portraits = _run_portraits(out, cfg, captions) if needs_portraits else None
     parts = part_weight_maps(portraits, latents.shape[-1], cfg.part_weight) if cfg.part_weight > 0 else None
     reader = _ExpressionLoss(out, cfg, vae, portraits) if cfg.expression_weight > 0 else None
     del vae
-    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-    empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+
+    captions_for = _UNetCaptions(tok, captions, portraits if cfg.expression_captions > 0 else None, cfg, log)
     noise_sched = DDPMScheduler.from_config(make_scheduler(cfg.zero_snr).config)
     v_pred = noise_sched.config.prediction_type == "v_prediction"
     alphas = noise_sched.alphas_cumprod
@@ -560,9 +565,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         _lr(opt, step, cfg.unet_steps, cfg.unet_lr, warmup=100)
         idx = torch.from_numpy(rng.choice(len(latents), cfg.unet_batch, replace=False))
         z0 = latents[idx]
-        inp = ids.input_ids[idx].clone()
-        drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
-        inp[drop] = empty
+        inp, drop = captions_for(idx, gen)
         with torch.no_grad():
             cond = text(inp).last_hidden_state
         noise = torch.randn(z0.shape, generator=gen)
@@ -607,9 +610,41 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         "prediction_type": noise_sched.config.prediction_type,
         "part_weight": cfg.part_weight,
         "expression_weight": cfg.expression_weight,
+        "expression_captions": cfg.expression_captions,
         "final_loss": float(np.mean(losses[-100:] or [0])),
         **({"final_expression_loss": float(np.mean(expr_losses[-100:]))} if expr_losses else {}),
     }
+
+
+class _UNetCaptions:
+    """The caption token ids of a UNet batch: each render's data-stage caption; with ``expression_captions`` > 0,
+    renders near a named template captioned by their expression alone that share of the time and the others
+    without an expression word; then ``caption_dropout`` of the batch emptied (for guidance)."""
+
+    def __init__(self, tok, captions: list[str], portraits: list | None, cfg: PretrainConfig, log=print):
+        def tokens(texts: list[str]) -> torch.Tensor:
+            kw = {"padding": "max_length", "max_length": tok.model_max_length, "truncation": True}
+            return tok(texts, return_tensors="pt", **kw).input_ids
+
+        self.cfg, self.named = cfg, None
+        if portraits is not None:
+            self.named = torch.tensor([template_distance(p.expression) < NAMED_DISTANCE for p in portraits])
+            pairs = zip(portraits, self.named.tolist(), strict=True)
+            captions = [caption(p.identity, p.expression, p.style, n) for p, n in pairs]
+            self.short = tokens([expression_caption(p.expression) for p in portraits])
+            log(f"[unet] expression captions: {int(self.named.sum())} of {len(portraits)} renders named by them")
+        self.ids = tokens(captions)
+        self.empty = tokens([""])
+
+    def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids, which rows were dropped to the empty caption)"""
+        inp = self.ids[idx].clone()
+        if self.named is not None:
+            short = self.named[idx] & (torch.rand(len(idx), generator=gen) < self.cfg.expression_captions)
+            inp[short] = self.short[idx][short]
+        drop = torch.rand(len(idx), generator=gen) < self.cfg.caption_dropout
+        inp[drop] = self.empty
+        return inp, drop
 
 
 def _run_portraits(out: Path, cfg: PretrainConfig, captions: list[str]) -> list:

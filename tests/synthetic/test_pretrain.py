@@ -281,3 +281,49 @@ def test_default_unet_has_no_attention_at_full_resolution():
 
     unet = make_unet()
     assert unet.config.down_block_types[0] == "DownBlock2D" and unet.config.up_block_types[-1] == "UpBlock2D"
+
+
+def test_unet_captions_name_template_expressions_alone_and_leave_uniform_ones_unnamed(tmp_path):
+    from emojidiff.synthetic.dataset import sample_portraits
+    from emojidiff.synthetic.factors import NAMED_DISTANCE, caption, expression_caption, template_distance
+    from emojidiff.synthetic.pretrain import PretrainConfig, _UNetCaptions
+    from emojidiff.synthetic.tokenizer import world_tokenizer
+
+    tok = world_tokenizer()
+    portraits = sample_portraits(40, seed=7)
+    named = [template_distance(p.expression) < NAMED_DISTANCE for p in portraits]
+    assert 0 < sum(named) < len(portraits)
+    data = [p.caption() for p in portraits]
+    idx, gen = torch.arange(len(portraits)), torch.Generator().manual_seed(0)
+
+    def ids(texts):
+        return tok(texts, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+
+    plain, _ = _UNetCaptions(tok, data, None, PretrainConfig(caption_dropout=0.0))(idx, gen)
+    assert torch.equal(plain, ids(data))
+    every = _UNetCaptions(tok, data, portraits, PretrainConfig(caption_dropout=0.0, expression_captions=1.0))
+    inp, drop = every(idx, gen)
+    assert not drop.any()
+    for row, p, n in zip(inp, portraits, named, strict=True):
+        want = expression_caption(p.expression) if n else caption(p.identity, p.expression, p.style, False)
+        assert torch.equal(row, ids([want])[0])
+    half = _UNetCaptions(tok, data, portraits, PretrainConfig(caption_dropout=0.5, expression_captions=0.5))
+    inp, drop = half(idx, gen)
+    short = [torch.equal(r, ids([expression_caption(p.expression)])[0]) for r, p in zip(inp, portraits, strict=True)]
+    assert 0 < sum(short) < sum(named) and 0 < drop.sum() < len(idx)
+    assert torch.equal(inp[drop], ids([""]).expand(int(drop.sum()), -1))
+
+
+def test_expression_captions_train_are_recorded_and_kept_on_resume(tmp_path):
+    out = tmp_path / "w"
+    runner = CliRunner()
+    args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data,vae,clip,unet"]
+    res = runner.invoke(main, [*args, "--expression-captions", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert "renders named by them" in res.output
+    assert json.loads((out / "state.json").read_text())["done"]["unet"]["expression_captions"] == 0.5
+    res = runner.invoke(main, [*args, "--resume", "--stages", "unet", "--unet-steps", "5"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["expression_captions"] == 0.5
+    res = runner.invoke(main, [*args, "--expression-captions", "1.5"])
+    assert res.exit_code != 0 and "1.5" in res.output

@@ -11,7 +11,17 @@ from click.testing import CliRunner
 from emojidiff.cli import main
 from emojidiff.synthetic import TEMPLATES, Expression, Identity, Portrait, Style, face_geometry, render, render_array
 from emojidiff.synthetic.dataset import sample_portraits, write_gallery
-from emojidiff.synthetic.factors import EXPRESSION_NAMES, caption_vocabulary, nearest_template
+from emojidiff.synthetic.factors import (
+    EXPRESSION_NAMES,
+    NAMED_DISTANCE,
+    TEMPLATE_WORDS,
+    caption,
+    caption_vocabulary,
+    expression_caption,
+    nearest_template,
+    sample_expression_with_source,
+    template_distance,
+)
 
 
 def _p(expr: Expression | None = None, style: Style | None = None, iid: int = 5) -> Portrait:
@@ -77,6 +87,28 @@ def test_styles_change_pixels_and_captions():
     cap = _p(TEMPLATES["smile"]).caption()
     assert "smiling" in cap and "portrait" in cap
     assert set(cap.replace(",", "").split()) <= set(caption_vocabulary())
+
+
+def test_captions_without_the_expression_word_and_of_the_expression_alone():
+    vocab = set(caption_vocabulary())
+    for iid in range(40):  # bald and haired people
+        p = _p(TEMPLATES["frown"], iid=iid)
+        full, bare = p.caption(), caption(p.identity, p.expression, p.style, name_expression=False)
+        assert "frowning" in full and full.replace("frowning ", "") == bare
+        assert set(bare.replace(",", "").split()) <= vocab
+        assert not set(bare.split()) & set(TEMPLATE_WORDS.values())
+    assert expression_caption(TEMPLATES["smile"]) == "a smiling person"
+    assert expression_caption(TEMPLATES["wink_right"]) == "a winking person"
+
+
+def test_template_distance_tells_jittered_templates_from_uniform_draws():
+    rng = np.random.default_rng(3)
+    draws = [sample_expression_with_source(rng) for _ in range(2000)]
+    near = np.array([template_distance(e) < NAMED_DISTANCE for e, _ in draws])
+    uniform = np.array([u for _, u in draws])
+    assert 400 < uniform.sum() < 800
+    assert (near == ~uniform).all()
+    assert template_distance(TEMPLATES["pout"]) == 0.0
 
 
 def test_identity_from_id_and_round_trip():
