@@ -5,7 +5,8 @@ Three checks, all read by the *evaluation* analysers:
 * ``vae``: named-template renders (16 held-out people each) before and after the base's VAE round trip: does the
   latent space keep the expression? (mean reading per factor);
 * ``words``: the base sampled from the same portraits' captions, whose expression word names the template: does the
-  UNet draw it? (mean reading per factor, next to the renders');
+  UNet draw it? (mean reading per factor, next to the renders'); and from the caption naming the expression alone
+  ('a smiling person', as ``world pretrain --expression-captions`` trains with);
 * ``captions``: 96 held-out captions (their expressions drawn as in training); per factor, the spread of the
   readings of the samples against the renders', and the Pearson r between the caption portrait's true factor and the
   sample's reading (a base that ignores the word draws varied expressions with r near 0);
@@ -48,7 +49,7 @@ def main() -> None:
     from emojidiff.synthetic.base_model import load_base_pipeline
     from emojidiff.synthetic.bench import mean_expression_readings, sample_base_images, vae_round_trip
     from emojidiff.synthetic.dataset import HELDOUT_IDS, sample_portraits
-    from emojidiff.synthetic.factors import EXPRESSION_NAMES, TEMPLATES, Identity, Portrait, Style
+    from emojidiff.synthetic.factors import EXPRESSION_NAMES, TEMPLATES, Identity, Portrait, Style, expression_caption
     from emojidiff.synthetic.render import render_array
     from emojidiff.synthetic.train_analysers import _to_tensor
 
@@ -62,12 +63,14 @@ def main() -> None:
         people = [Portrait(lo + k, Identity.from_id(lo + k), TEMPLATES[name], Style.sample(rng)) for k in range(16)]
         renders = _to_tensor(render_array(people, 64))
         samples = _to_tensor(sample_base_images(pipe, [p.caption() for p in people], a.guidance, steps=20))
+        alone = _to_tensor(sample_base_images(pipe, [expression_caption(TEMPLATES[name])] * 16, a.guidance, steps=20))
         res["templates"][name] = {
             "caption": people[0].caption(),
             "true": {n: round(float(getattr(TEMPLATES[name], n)), 3) for n in SHOWN},
             "render": mean_expression_readings(ev, renders, SHOWN),
             "vae_round_trip": mean_expression_readings(ev, vae_round_trip(pipe.vae, renders), SHOWN),
             "base_sample": mean_expression_readings(ev, samples, SHOWN),
+            "expression_alone": mean_expression_readings(ev, alone, SHOWN),
         }
 
     portraits = sample_portraits(96, 777, HELDOUT_IDS)
@@ -93,7 +96,7 @@ def main() -> None:
     res["text_distance"] = {k: round(float((h[i + 1] - h[0]).norm(dim=-1).sum()), 2) for i, k in enumerate(TEXT_PAIRS)}
 
     for name, row in res["templates"].items():
-        for what in ("true", "render", "vae_round_trip", "base_sample"):
+        for what in ("true", "render", "vae_round_trip", "base_sample", "expression_alone"):
             print(f"{name:10s} {what:15s} " + " ".join(f"{n[:10]}={row[what][n]:+.2f}" for n in SHOWN))
     for n, row in res["captions"].items():
         print(f"{n:12s} spread render {row['std_render_reading']:.2f} sample {row['std_sample_reading']:.2f}  "

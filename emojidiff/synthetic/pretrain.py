@@ -93,7 +93,8 @@ class PretrainConfig:
     #: share of the template-drawn renders whose caption is, at each UNet step, only their expression ('a smiling
     #: person'); when > 0, renders far from every template (drawn uniformly) also lose the expression word from
     #: their captions, where the nearest template's word is only loosely right. 0: the data stage's captions as
-    #: they are. In a full caption the expression is one word of ~15 and the base learns to ignore it
+    #: they are. In a full caption the expression is one word of ~15 and a base trained on those alone ignores it;
+    #: 0.5 (with part_weight 4, 7000 steps) drew smile and frown from words (BENCHMARKS.md, "Session 10")
     expression_captions: float = 0.0
     #: cross-attention at the 16x16 latent level too (``base_model.make_unet``); twice the time per UNet step
     unet_attention_at_full_res: bool = False
