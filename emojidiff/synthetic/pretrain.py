@@ -539,7 +539,6 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     parts = part_weight_maps(portraits, latents.shape[-1], cfg.part_weight) if cfg.part_weight > 0 else None
     reader = _ExpressionLoss(out, cfg, vae, portraits) if cfg.expression_weight > 0 else None
     del vae
-
     captions_for = _UNetCaptions(tok, captions, portraits if cfg.expression_captions > 0 else None, cfg, log)
     noise_sched = DDPMScheduler.from_config(make_scheduler(cfg.zero_snr).config)
     v_pred = noise_sched.config.prediction_type == "v_prediction"
