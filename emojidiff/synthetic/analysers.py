@@ -59,7 +59,12 @@ class SyntheticAnalysers(torch.nn.Module):
             IdentityNet(self.config["identity_arch"], self.config["identity_dim"]), folder / "identity.safetensors"
         )
         self.face_net = _load(
-            FaceNet(self.config["face_arch"], self.config.get("face_parts", False)), folder / "face.safetensors"
+            FaceNet(
+                self.config["face_arch"],
+                self.config.get("face_parts", False),
+                self.config.get("face_parts_arch", "pooled"),
+            ),
+            folder / "face.safetensors",
         )
         self.eval()
 

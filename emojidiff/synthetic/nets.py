@@ -109,6 +109,8 @@ class IdentityNet(nn.Module):
 EYE_CROP = (0.42, 0.55, 0.0, -0.27)
 MOUTH_CROP = (0.85, 0.6, 0.0, 0.1)
 PART_SIZE = 24
+#: Part-head architectures (:class:`PartHeads`); a set's config.json names its own ("face_parts_arch", absent: pooled)
+PART_ARCHS = ("pooled", "spatial")
 
 
 def part_crops(x: torch.Tensor, landmarks: torch.Tensor, size: int = PART_SIZE) -> torch.Tensor:
@@ -158,15 +160,23 @@ class PartHeads(nn.Module):
     at 64 x 64. One small CNN reads each eye (the right one mirrored, so one CNN serves both) and predicts that eye's
     factors, another the mouth's; each is supervised directly (:func:`part_targets`). A linear fusion then adds a
     correction to the whole-face net's raw expression outputs from both readings; it starts at zero, so a trained
-    face net's readings are the starting point."""
+    face net's readings are the starting point.
 
-    def __init__(self):
+    ``arch`` "pooled" (the v4 sets') averages each CNN's last 3 x 3 map before its linear layers; "spatial" flattens
+    it, so the position of the iris or the lips inside the crop reaches the output directly rather than through
+    what padding leaves of it in an average."""
+
+    def __init__(self, arch: str = "pooled"):
         super().__init__()
+        if arch not in PART_ARCHS:
+            raise ValueError(f"part-head architecture '{arch}' is not one of {PART_ARCHS}")
+        self.arch = arch
+        pool, n_flat = (nn.AdaptiveAvgPool2d(1), 128) if arch == "pooled" else (nn.Identity(), 128 * 9)
 
         def cnn(n_out: int) -> nn.Sequential:
             return nn.Sequential(
                 _cbr(3, 32), _cbr(32, 48, 2), _cbr(48, 48), _cbr(48, 96, 2), _cbr(96, 96), _cbr(96, 128, 2),
-                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 128), nn.ReLU(True), nn.Linear(128, n_out),
+                pool, nn.Flatten(), nn.Linear(n_flat, 128), nn.ReLU(True), nn.Linear(128, n_out),
             )  # fmt: skip
 
         self.eye, self.mouth = cnn(len(EYE_FACTORS)), cnn(len(MOUTH_FACTORS))
@@ -187,9 +197,10 @@ class PartHeads(nn.Module):
 class FaceNet(nn.Module):
     """Image -> presence logit, face box, five landmarks, expression factors and landmark ratios (all at once).
 
-    With ``parts``, :class:`PartHeads` refine the expression factors from crops around the predicted landmarks."""
+    With ``parts``, :class:`PartHeads` of architecture ``parts_arch`` refine the expression factors from crops around
+    the predicted landmarks."""
 
-    def __init__(self, arch: str = "plain", parts: bool = False):
+    def __init__(self, arch: str = "plain", parts: bool = False, parts_arch: str = "pooled"):
         super().__init__()
         self.arch = arch
         self.norm = _Normalize()
@@ -197,7 +208,7 @@ class FaceNet(nn.Module):
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * 16, 256), nn.ReLU(True), nn.Linear(256, FACE_OUTPUTS))
         self.register_buffer("ratio_mean", torch.zeros(N_RATIOS))
         self.register_buffer("ratio_std", torch.ones(N_RATIOS))
-        self.parts = PartHeads() if parts else None
+        self.parts = PartHeads(parts_arch) if parts else None
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         return self.raw_and_parts(x)[0]

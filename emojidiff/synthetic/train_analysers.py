@@ -38,6 +38,7 @@ from .nets import (
     OUT_LMK,
     OUT_PRESENCE,
     OUT_RATIOS,
+    PART_ARCHS,
     FaceNet,
     IdentityNet,
     part_targets,
@@ -402,12 +403,16 @@ def _save_half(net: torch.nn.Module, path: Path) -> None:
     save_file(sd, str(path))
 
 
-def _load_face_net(folder: Path, info: dict, parts: bool) -> FaceNet:
-    """A saved face net; with ``parts``, its part heads too (new ones if the saved net has none)."""
+def _load_face_net(folder: Path, info: dict, parts: bool, parts_arch: str | None = None) -> FaceNet:
+    """A saved face net; with ``parts``, its part heads too: new ones if the saved net has none, or if ``parts_arch``
+    names another architecture than the saved heads'."""
     from safetensors.torch import load_file
 
-    net = FaceNet(info["face_arch"], parts=parts)
+    saved_arch = info.get("face_parts_arch", "pooled")
+    net = FaceNet(info["face_arch"], parts=parts, parts_arch=parts_arch or saved_arch)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
+    if parts_arch not in (None, saved_arch):
+        sd = {k: v for k, v in sd.items() if not k.startswith("parts.")}
     missing, unexpected = net.load_state_dict(sd, strict=False)
     if unexpected or any(not k.startswith("parts.") for k in missing):
         raise ValueError(f"'{folder}/face.safetensors' does not hold a face net of architecture '{info['face_arch']}'")
@@ -509,13 +514,20 @@ def train_parts(
     log=print,
     render_workers: int = 0,
     eval_n: int = 1000,
+    arch: str | None = None,
 ) -> dict:
     """Add :class:`~emojidiff.synthetic.nets.PartHeads` to a saved face net and train only them (the whole-face net
     stays frozen, batch-norm statistics included), on fresh data; re-evaluate and overwrite ``face.safetensors``.
-    Running it again continues the saved heads."""
+    Running it again continues the saved heads. ``arch`` (default: the saved heads', else "pooled") other than the
+    saved heads' replaces them with new ones, which train on the draws the replaced ones started with."""
     folder = Path(out, kind)
     info = json.loads((folder / "config.json").read_text())
-    net = _load_face_net(folder, info, parts=True)
+    saved_arch = info.get("face_parts_arch", "pooled")
+    arch = arch or saved_arch
+    if info.get("face_parts") and arch != saved_arch:
+        replaced = {"arch": saved_arch, "train": info.pop("face_parts_train", [])}
+        info["face_parts_replaced"] = [*info.get("face_parts_replaced", []), replaced]
+    net = _load_face_net(folder, info, parts=True, parts_arch=arch)
     history = info.get("face_parts_train", [])
     round_ = 100 + len(history)  # fresh draws, apart from the face net's rounds
     rng, gen = _data_seeds(kind, round_)
@@ -544,6 +556,7 @@ def train_parts(
     metrics = evaluate_face(net, n=eval_n)
     _save_half(net, folder / "face.safetensors")
     info["face_parts"] = True
+    info["face_parts_arch"] = arch
     rec = {"steps": steps, "lr": lr, "batch": batch, "aug_strength": aug, "uniform_prob": uniform_prob}
     rec.update(gaze_weight=gaze_weight, round=round_, seconds=round(time.time() - t0, 1))
     info["face_parts_train"] = [*history, rec]
@@ -566,6 +579,13 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
         "--part-steps", type=int, default=0, help="only add (or continue) the saved face net's part heads (on the CPU)"
     )
     ap.add_argument("--part-lr", type=float, default=2e-3, help="peak learning rate of --part-steps")
+    ap.add_argument(
+        "--part-arch",
+        choices=PART_ARCHS,
+        default=None,
+        help="part-head architecture of --part-steps (default: the saved heads', else pooled); another one than the "
+        "saved heads' replaces them",
+    )
     ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
     ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
     ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
@@ -584,6 +604,7 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
             uniform_prob=a.uniform_prob,
             gaze_weight=a.gaze_weight,
             render_workers=a.render_workers,
+            arch=a.part_arch,
         )
         raise SystemExit(0)
     if a.refine_face_steps:
@@ -597,6 +618,7 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
             a.gaze_weight,
             device=a.device,
             render_workers=a.render_workers,
+            arch=a.part_arch,
         )
         raise SystemExit(0)
     cfg = AnalyserTrainConfig(a.kind, a.identity_steps, a.face_steps, uniform_prob=a.uniform_prob)

@@ -90,6 +90,35 @@ def test_trained_part_heads_are_saved_recorded_and_loaded(tmp_path):
     assert len(json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"]) == before + 2
 
 
+@pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
+def test_part_heads_of_another_architecture_replace_the_saved_ones(tmp_path):
+    from emojidiff.synthetic.analysers import SyntheticAnalysers
+    from emojidiff.synthetic.train_analysers import train_parts
+
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
+    old = json.loads((tmp_path / "train" / "config.json").read_text())
+    assert old.get("face_parts_arch", "pooled") == "pooled"
+    train_parts(tmp_path, "train", steps=2, batch=8, log=lambda _: None, eval_n=16, arch="spatial")
+    saved = json.loads((tmp_path / "train" / "config.json").read_text())
+    assert saved["face_parts_arch"] == "spatial"
+    # the replaced heads' record is kept apart; the new heads' history starts over, on the first round's draws
+    assert saved["face_parts_replaced"] == [{"arch": "pooled", "train": old["face_parts_train"]}]
+    assert [r["round"] for r in saved["face_parts_train"]] == [100]
+    spatial = SyntheticAnalysers("train", tmp_path / "train").face_net
+    assert spatial.parts.arch == "spatial"
+    assert isinstance(spatial.parts.eye[6], torch.nn.Identity)  # no average over the last map
+    shipped = SyntheticAnalysers("train").face_net
+    for k, v in shipped.state_dict().items():  # the whole-face net is the shipped one
+        if not k.startswith("parts."):
+            assert torch.equal(v, spatial.state_dict()[k]), k
+    train_parts(tmp_path, "train", steps=1, batch=8, log=lambda _: None, eval_n=16)  # continues the spatial heads
+    again = json.loads((tmp_path / "train" / "config.json").read_text())
+    assert again["face_parts_arch"] == "spatial" and len(again["face_parts_train"]) == 2
+    assert len(again["face_parts_replaced"]) == 1
+    with pytest.raises(ValueError, match="part-head architecture 'wide'"):
+        FaceNet("plain", parts=True, parts_arch="wide")
+
+
 def test_part_targets_read_the_right_eye_as_a_mirrored_left_one():
     from emojidiff.synthetic.factors import Expression
     from emojidiff.synthetic.nets import EYE_FACTORS, MOUTH_FACTORS, N_PART_OUT, part_targets
