@@ -117,7 +117,7 @@ def gallery_cmd(out: str, size: int) -> None:
     help="Share of the template-drawn renders captioned by their expression alone ('a smiling person') at each "
     "UNet step; renders drawn uniformly then lose the expression word (default 0: the captions as drawn). "
     "Measured: 0.5 with --part-weight 4 for 7000 steps from nothing made the first base that draws smile and "
-    "frown from words; 0.5 alone at the default 3500 steps did not (BENCHMARKS.md).",
+    "frown from words; at the default 3500 steps it did not, with or without --part-weight 4 (BENCHMARKS.md).",
 )
 @click.option(
     "--attention-at-full-res",
