@@ -618,7 +618,6 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
             a.gaze_weight,
             device=a.device,
             render_workers=a.render_workers,
-            arch=a.part_arch,
         )
         raise SystemExit(0)
     cfg = AnalyserTrainConfig(a.kind, a.identity_steps, a.face_steps, uniform_prob=a.uniform_prob)
