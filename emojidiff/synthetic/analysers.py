@@ -21,7 +21,7 @@ from ..errors import ModelMissingError
 from ..faces.base import Face
 from .base_model import ANALYSERS_DIR, ellipse_mask, masked_face_crop
 from .factors import EXPRESSION_NAMES
-from .nets import FaceNet, IdentityNet
+from .nets import FaceNet, IdentityNet, saved_parts_arch
 from .render import RATIO_NAMES
 
 #: Presence score above which ``detect`` reports a face.
@@ -62,7 +62,7 @@ class SyntheticAnalysers(torch.nn.Module):
             FaceNet(
                 self.config["face_arch"],
                 self.config.get("face_parts", False),
-                self.config.get("face_parts_arch", "pooled"),
+                saved_parts_arch(self.config),
             ),
             folder / "face.safetensors",
         )

@@ -109,8 +109,13 @@ class IdentityNet(nn.Module):
 EYE_CROP = (0.42, 0.55, 0.0, -0.27)
 MOUTH_CROP = (0.85, 0.6, 0.0, 0.1)
 PART_SIZE = 24
-#: Part-head architectures (:class:`PartHeads`); a set's config.json names its own ("face_parts_arch", absent: pooled)
+#: Part-head architectures (:class:`PartHeads`); a set's config.json names its own (:func:`saved_parts_arch`)
 PART_ARCHS = ("pooled", "spatial")
+
+
+def saved_parts_arch(config: dict) -> str:
+    """The part-head architecture an analyser set's config.json names; sets from before the choice existed: pooled."""
+    return config.get("face_parts_arch", "pooled")
 
 
 def part_crops(x: torch.Tensor, landmarks: torch.Tensor, size: int = PART_SIZE) -> torch.Tensor:

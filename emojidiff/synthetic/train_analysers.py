@@ -42,6 +42,7 @@ from .nets import (
     FaceNet,
     IdentityNet,
     part_targets,
+    saved_parts_arch,
 )
 from .render import RATIO_NAMES, face_geometry, render_array
 
@@ -408,7 +409,7 @@ def _load_face_net(folder: Path, info: dict, parts: bool, parts_arch: str | None
     names another architecture than the saved heads'."""
     from safetensors.torch import load_file
 
-    saved_arch = info.get("face_parts_arch", "pooled")
+    saved_arch = saved_parts_arch(info)
     net = FaceNet(info["face_arch"], parts=parts, parts_arch=parts_arch or saved_arch)
     sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(folder / "face.safetensors")).items()}
     if parts_arch not in (None, saved_arch):
@@ -522,7 +523,7 @@ def train_parts(
     saved heads' replaces them with new ones, which train on the draws the replaced ones started with."""
     folder = Path(out, kind)
     info = json.loads((folder / "config.json").read_text())
-    saved_arch = info.get("face_parts_arch", "pooled")
+    saved_arch = saved_parts_arch(info)
     arch = arch or saved_arch
     if info.get("face_parts") and arch != saved_arch:
         replaced = {"arch": saved_arch, "train": info.pop("face_parts_train", [])}
