@@ -108,9 +108,12 @@ class IdentityNet(nn.Module):
 #: the corners wherever smile and smirk pull them, the open mouth.
 EYE_CROP = (0.42, 0.55, 0.0, -0.27)
 MOUTH_CROP = (0.85, 0.6, 0.0, 0.1)
+#: The "zoom" heads' extra look at each eye alone, lids and iris without the brow (eye half-widths are 0.19-0.28 d,
+#: half-heights 0.14-0.21 d), at about twice the eye crop's magnification
+ZOOM_EYE_CROP = (0.32, 0.24, 0.0, 0.0)
 PART_SIZE = 24
 #: Part-head architectures (:class:`PartHeads`); a set's config.json names its own (:func:`saved_parts_arch`)
-PART_ARCHS = ("pooled", "spatial")
+PART_ARCHS = ("pooled", "spatial", "zoom")
 
 
 def saved_parts_arch(config: dict) -> str:
@@ -118,16 +121,20 @@ def saved_parts_arch(config: dict) -> str:
     return config.get("face_parts_arch", "pooled")
 
 
-def part_crops(x: torch.Tensor, landmarks: torch.Tensor, size: int = PART_SIZE) -> torch.Tensor:
+def part_crops(x: torch.Tensor, landmarks: torch.Tensor, size: int = PART_SIZE, zoom: bool = False) -> torch.Tensor:
     """Left eye, right eye (mirrored, so it looks like a left one) and mouth, cut around the landmarks and resampled
-    to ``size`` x ``size``: (B, 3, 3, size, size). Differentiable in the images and the landmarks (image fractions).
+    to ``size`` x ``size``: (B, 3, 3, size, size); with ``zoom``, then both eyes again, closer (:data:`ZOOM_EYE_CROP`):
+    (B, 5, 3, size, size). Differentiable in the images and the landmarks (image fractions).
 
     Hand-written because it is a few lines of ``affine_grid`` / ``grid_sample``; no library offers landmark crops."""
     eye_l, eye_r = landmarks[:, 0], landmarks[:, 1]
     mouth = (landmarks[:, 3] + landmarks[:, 4]) / 2
     d = (eye_r - eye_l).norm(dim=-1).clamp(min=1e-3)
     crops = []
-    for centre, (hw, hh, dx, dy), mirror in ((eye_l, EYE_CROP, 1.0), (eye_r, EYE_CROP, -1.0), (mouth, MOUTH_CROP, 1.0)):
+    cuts = [(eye_l, EYE_CROP, 1.0), (eye_r, EYE_CROP, -1.0), (mouth, MOUTH_CROP, 1.0)]
+    if zoom:
+        cuts += [(eye_l, ZOOM_EYE_CROP, 1.0), (eye_r, ZOOM_EYE_CROP, -1.0)]
+    for centre, (hw, hh, dx, dy), mirror in cuts:
         theta = x.new_zeros(len(x), 2, 3)
         theta[:, 0, 0] = 2 * hw * d * mirror  # output [-1, 1] -> input [-1, 1] coordinates (image fraction * 2 - 1)
         theta[:, 1, 1] = 2 * hh * d
@@ -141,20 +148,24 @@ def part_crops(x: torch.Tensor, landmarks: torch.Tensor, size: int = PART_SIZE) 
 #: What each part head reads, by factor name. The right eye is seen mirrored, as a left one: its gaze x is negated.
 EYE_FACTORS = ("eye_open_{}", "brow_raise_{}", "brow_tilt_{}", "gaze_x", "gaze_y", "cheek_raise")
 MOUTH_FACTORS = ("smile", "mouth_open", "smirk", "pout", "cheek_raise")
+ZOOM_FACTORS = ("eye_open_{}", "gaze_x", "gaze_y")
 N_PART_OUT = 2 * len(EYE_FACTORS) + len(MOUTH_FACTORS)
 
 
-def part_targets(target: torch.Tensor, signed: bool = True) -> torch.Tensor:
+def part_targets(target: torch.Tensor, signed: bool = True, zoom: bool = False) -> torch.Tensor:
     """Expression targets (B, N_EXPR) in the raw [-1, 1] scale -> the part heads' targets (B, N_PART_OUT):
-    left eye, right eye (mirrored: gaze x negated, unless ``signed`` is False, as for loss weights), mouth."""
+    left eye, right eye (mirrored: gaze x negated, unless ``signed`` is False, as for loss weights), mouth; with
+    ``zoom``, then the close looks' factors (:data:`ZOOM_FACTORS`), left eye and right eye."""
     from .factors import EXPRESSION_NAMES
 
-    cols = []
-    for side in ("l", "r"):
-        for f in EYE_FACTORS:
-            col = target[:, EXPRESSION_NAMES.index(f.format(side))]
-            cols.append(-col if (signed and f == "gaze_x" and side == "r") else col)
+    def eye(factors: tuple[str, ...], side: str) -> list[torch.Tensor]:
+        cols = [target[:, EXPRESSION_NAMES.index(f.format(side))] for f in factors]
+        return [-c if (signed and f == "gaze_x" and side == "r") else c for f, c in zip(factors, cols, strict=True)]
+
+    cols = eye(EYE_FACTORS, "l") + eye(EYE_FACTORS, "r")
     cols += [target[:, EXPRESSION_NAMES.index(f)] for f in MOUTH_FACTORS]
+    if zoom:
+        cols += eye(ZOOM_FACTORS, "l") + eye(ZOOM_FACTORS, "r")
     return torch.stack(cols, 1)
 
 
@@ -169,7 +180,8 @@ class PartHeads(nn.Module):
 
     ``arch`` "pooled" (the v4 sets') averages each CNN's last 3 x 3 map before its linear layers; "spatial" flattens
     it, so the position of the iris or the lips inside the crop reaches the output directly rather than through
-    what padding leaves of it in an average."""
+    what padding leaves of it in an average. "zoom" is "pooled" with a third CNN that reads each eye again from a
+    closer crop (lids and iris filling it), for its opening and gaze."""
 
     def __init__(self, arch: str = "pooled"):
         super().__init__()
@@ -185,18 +197,27 @@ class PartHeads(nn.Module):
             )  # fmt: skip
 
         self.eye, self.mouth = cnn(len(EYE_FACTORS)), cnn(len(MOUTH_FACTORS))
-        self.fuse = nn.Linear(N_EXPR + N_PART_OUT, N_EXPR)
+        self.zoom = cnn(len(ZOOM_FACTORS)) if arch == "zoom" else None
+        self.n_out = N_PART_OUT + (2 * len(ZOOM_FACTORS) if self.zoom is not None else 0)
+        self.fuse = nn.Linear(N_EXPR + self.n_out, N_EXPR)
         nn.init.zeros_(self.fuse.weight)
         nn.init.zeros_(self.fuse.bias)
 
     def forward(self, x: torch.Tensor, landmarks: torch.Tensor, expr: torch.Tensor):
         """Normalised images, landmarks (B, 5, 2) as image fractions, the face net's raw expression (B, N_EXPR) ->
-        (the correction to add to it, the part heads' own raw readings (B, N_PART_OUT))."""
-        c = part_crops(x, landmarks)
+        (the correction to add to it, the part heads' own raw readings (B, ``n_out``), laid out as :meth:`targets`)."""
+        c = part_crops(x, landmarks, zoom=self.zoom is not None)
         b = len(x)
         eyes = self.eye(c[:, :2].reshape(2 * b, *c.shape[2:])).view(b, 2 * len(EYE_FACTORS))
-        parts = torch.cat([eyes, self.mouth(c[:, 2])], 1)
+        read = [eyes, self.mouth(c[:, 2])]
+        if self.zoom is not None:
+            read.append(self.zoom(c[:, 3:].reshape(2 * b, *c.shape[2:])).view(b, 2 * len(ZOOM_FACTORS)))
+        parts = torch.cat(read, 1)
         return self.fuse(torch.cat([expr, parts], 1)), parts
+
+    def targets(self, target: torch.Tensor, signed: bool = True) -> torch.Tensor:
+        """:func:`part_targets` in this architecture's layout (the readings :meth:`forward` returns)."""
+        return part_targets(target, signed, zoom=self.zoom is not None)
 
 
 class FaceNet(nn.Module):

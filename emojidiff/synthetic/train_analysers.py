@@ -13,7 +13,7 @@ import math
 import multiprocessing
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,6 @@ from .nets import (
     PART_ARCHS,
     FaceNet,
     IdentityNet,
-    part_targets,
     saved_parts_arch,
 )
 from .render import RATIO_NAMES, face_geometry, render_array
@@ -516,11 +515,16 @@ def train_parts(
     render_workers: int = 0,
     eval_n: int = 1000,
     arch: str | None = None,
+    sketch_prob: float = 0.0,
 ) -> dict:
     """Add :class:`~emojidiff.synthetic.nets.PartHeads` to a saved face net and train only them (the whole-face net
     stays frozen, batch-norm statistics included), on fresh data; re-evaluate and overwrite ``face.safetensors``.
     Running it again continues the saved heads. ``arch`` (default: the saved heads', else "pooled") other than the
-    saved heads' replaces them with new ones, which train on the draws the replaced ones started with."""
+    saved heads' replaces them with new ones, which train on the draws the replaced ones started with.
+    ``sketch_prob`` re-styles that share of the draws as sketches (the style on which gaze and pout are hardest to
+    read), decided by a generator of its own, so every other factor of every draw stays what the round draws."""
+    if not 0.0 <= sketch_prob <= 1.0:
+        raise ValueError(f"sketch_prob must be within 0..1, got {sketch_prob}")
     folder = Path(out, kind)
     info = json.loads((folder / "config.json").read_text())
     saved_arch = saved_parts_arch(info)
@@ -536,7 +540,15 @@ def train_parts(
     net.parts.requires_grad_(True).train()
     opt = torch.optim.AdamW(net.parts.parameters(), lr=lr, weight_decay=1e-4)
     t0 = time.time()
-    draws = ([_sample(rng, SPLITS[kind], uniform_prob) for _ in range(batch)] for _ in range(steps))
+    sketch_rng = np.random.default_rng(500 + SEED[kind] + 1000 * round_)
+
+    def draw() -> Portrait:
+        p = _sample(rng, SPLITS[kind], uniform_prob)
+        if sketch_prob and sketch_rng.random() < sketch_prob:
+            p = replace(p, style=replace(p.style, shading="sketch"))
+        return p
+
+    draws = ([draw() for _ in range(batch)] for _ in range(steps))
     for step, (ps, x) in enumerate(rendered_batches(draws, render_workers)):
         _cosine_lr(opt, step, steps, lr)
         x, _, _ = _augment(x, gen, aug)
@@ -546,8 +558,8 @@ def train_parts(
         w = _expr_weights(expr, gaze_weight)
         loss = 2.0 * (F.smooth_l1_loss(raw[:, OUT_EXPR], target, reduction="none", beta=0.05) * w).mean()
         # each head on its own factors too, so the heads learn to read their part whatever the fusion does
-        part_err = F.smooth_l1_loss(parts, part_targets(target), reduction="none", beta=0.05)
-        loss = loss + 2.0 * (part_err * part_targets(w, signed=False)).mean()
+        part_err = F.smooth_l1_loss(parts, net.parts.targets(target), reduction="none", beta=0.05)
+        loss = loss + 2.0 * (part_err * net.parts.targets(w, signed=False)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -559,6 +571,8 @@ def train_parts(
     info["face_parts"] = True
     info["face_parts_arch"] = arch
     rec = {"steps": steps, "lr": lr, "batch": batch, "aug_strength": aug, "uniform_prob": uniform_prob}
+    if sketch_prob:
+        rec["sketch_prob"] = sketch_prob
     rec.update(gaze_weight=gaze_weight, round=round_, seconds=round(time.time() - t0, 1))
     info["face_parts_train"] = [*history, rec]
     info["heldout_face"] = metrics
@@ -587,6 +601,12 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
         help="part-head architecture of --part-steps (default: the saved heads', else pooled); another one than the "
         "saved heads' replaces them",
     )
+    ap.add_argument(
+        "--sketch-prob",
+        type=float,
+        default=0.0,
+        help="share of --part-steps draws re-styled as sketches (besides the third drawn as sketches anyway)",
+    )
     ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
     ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
     ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
@@ -606,6 +626,7 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
             gaze_weight=a.gaze_weight,
             render_workers=a.render_workers,
             arch=a.part_arch,
+            sketch_prob=a.sketch_prob,
         )
         raise SystemExit(0)
     if a.refine_face_steps:

@@ -134,3 +134,70 @@ def test_part_targets_read_the_right_eye_as_a_mirrored_left_one():
     assert w[6 + EYE_FACTORS.index("gaze_x")] == pytest.approx(0.7)  # weights keep their sign
     mirrored = torch.tensor(np.array([e.mirrored().to_vector()]), dtype=torch.float32)
     assert torch.allclose(part_targets(mirrored)[0, :6], t[6:12])  # the mirrored face's left eye is this right eye
+
+
+def test_zoom_heads_read_each_eye_again_closer_and_start_at_zero():
+    from emojidiff.synthetic.nets import N_PART_OUT, ZOOM_FACTORS, part_targets
+
+    x = torch.rand(2, 3, 64, 64)
+    x = (x + x.flip(-1)) / 2
+    lmk = torch.tensor([[0.35, 0.45], [0.65, 0.45], [0.5, 0.6], [0.4, 0.72], [0.6, 0.72]]).expand(2, 5, 2)
+    c = part_crops(x, lmk, zoom=True)
+    assert c.shape == (2, 5, 3, PART_SIZE, PART_SIZE)
+    assert torch.equal(c[:, :3], part_crops(x, lmk))  # the first three crops are the usual ones
+    assert torch.allclose(c[:, 3], c[:, 4], atol=1e-5)  # the right eye mirrored, as in the eye crops
+    # a dot at a rendered portrait's left-eye centre fills more of the close crop than of the eye crop
+    p = _portrait()
+    img = _to_tensor(render_array([p], 64))
+    lm = torch.tensor(face_geometry(p, 64)["landmarks"])[None] / 64
+    marked = img.clone()
+    ex, ey = (lm[0, 0] * 64).long().tolist()
+    marked[:, :, ey : ey + 2, ex : ex + 2] = torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    changed = ((part_crops(marked, lm, zoom=True) - part_crops(img, lm, zoom=True)).abs().sum(2) > 0.1).sum((2, 3))
+    assert changed[0, 3] > 2 * changed[0, 0] > 0 and changed[0, 4] == 0
+    # targets: the usual layout, then each eye's opening and gaze (the right one's gaze x negated)
+    v = torch.linspace(-1, 1, 13)[None]
+    t = part_targets(v, zoom=True)[0]
+    assert t.shape == (N_PART_OUT + 2 * len(ZOOM_FACTORS),) and torch.equal(t[:N_PART_OUT], part_targets(v)[0])
+    from emojidiff.synthetic.factors import EXPRESSION_NAMES
+
+    i = EXPRESSION_NAMES.index
+    assert t[N_PART_OUT:].tolist() == [
+        v[0, i("eye_open_l")].item(), v[0, i("gaze_x")].item(), v[0, i("gaze_y")].item(),
+        v[0, i("eye_open_r")].item(), -v[0, i("gaze_x")].item(), v[0, i("gaze_y")].item(),
+    ]  # fmt: skip
+    torch.manual_seed(0)
+    plain, zoom = FaceNet("plain").eval(), FaceNet("plain", parts=True, parts_arch="zoom").eval()
+    zoom.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        raw, parts = zoom.raw_and_parts(x)
+        assert torch.equal(raw, plain.raw(x)) and parts.shape == (2, zoom.parts.n_out)
+
+
+@pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
+def test_part_head_draws_can_be_sketched_more_often(tmp_path, monkeypatch):
+    from emojidiff.synthetic import train_analysers as ta
+
+    seen: list = []
+
+    def capture(draws, workers=0):
+        for ps, x in real(draws, workers):
+            seen.append(ps)
+            yield ps, x
+
+    real = ta.rendered_batches
+    monkeypatch.setattr(ta, "rendered_batches", capture)
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "a" / "train")
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "b" / "train")
+    ta.train_parts(tmp_path / "a", "train", steps=1, batch=16, log=lambda _: None, eval_n=16)
+    ta.train_parts(tmp_path / "b", "train", steps=1, batch=16, log=lambda _: None, eval_n=16, sketch_prob=1.0)
+    plain, sketched = seen
+    assert {p.style.shading for p in plain} != {"sketch"} and {p.style.shading for p in sketched} == {"sketch"}
+    # nothing else about the draws changes
+    assert [(p.identity_id, p.expression) for p in plain] == [(p.identity_id, p.expression) for p in sketched]
+    saved = json.loads((tmp_path / "b" / "train" / "config.json").read_text())
+    assert saved["face_parts_train"][-1]["sketch_prob"] == 1.0
+    unsketched = json.loads((tmp_path / "a" / "train" / "config.json").read_text())
+    assert "sketch_prob" not in unsketched["face_parts_train"][-1]
+    with pytest.raises(ValueError, match="sketch_prob must be within 0..1, got 1.5"):
+        ta.train_parts(tmp_path / "b", "train", steps=1, batch=8, log=lambda _: None, sketch_prob=1.5)
