@@ -516,15 +516,27 @@ def train_parts(
     eval_n: int = 1000,
     arch: str | None = None,
     sketch_prob: float = 0.0,
+    vae_prob: float = 0.0,
+    vae_base: str | Path | None = None,
 ) -> dict:
     """Add :class:`~emojidiff.synthetic.nets.PartHeads` to a saved face net and train only them (the whole-face net
     stays frozen, batch-norm statistics included), on fresh data; re-evaluate and overwrite ``face.safetensors``.
     Running it again continues the saved heads. ``arch`` (default: the saved heads', else "pooled") other than the
     saved heads' replaces them with new ones, which train on the draws the replaced ones started with.
     ``sketch_prob`` re-styles that share of the draws as sketches (the style on which gaze and pout are hardest to
-    read), decided by a generator of its own, so every other factor of every draw stays what the round draws."""
-    if not 0.0 <= sketch_prob <= 1.0:
-        raise ValueError(f"sketch_prob must be within 0..1, got {sketch_prob}")
+    read), decided by a generator of its own, so every other factor of every draw stays what the round draws.
+    ``vae_prob`` passes that share of the renders through a round trip of a base's VAE (``vae_base``, default the
+    shipped base) before the augmentations: generated images have that softness, and nets trained on clean renders
+    read it badly (BENCHMARKS.md, "Face analysers")."""
+    for name, v in (("sketch_prob", sketch_prob), ("vae_prob", vae_prob)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be within 0..1, got {v}")
+    vae = None
+    if vae_prob:
+        from .base_model import load_base_pipeline
+        from .bench import vae_round_trip
+
+        vae = load_base_pipeline(vae_base).vae.eval().requires_grad_(False)
     folder = Path(out, kind)
     info = json.loads((folder / "config.json").read_text())
     saved_arch = saved_parts_arch(info)
@@ -549,8 +561,14 @@ def train_parts(
         return p
 
     draws = ([draw() for _ in range(batch)] for _ in range(steps))
+    vae_gen = torch.Generator().manual_seed(600 + SEED[kind] + 1000 * round_)
     for step, (ps, x) in enumerate(rendered_batches(draws, render_workers)):
         _cosine_lr(opt, step, steps, lr)
+        if vae is not None:
+            through = torch.rand(len(x), generator=vae_gen) < vae_prob
+            if through.any():
+                with torch.no_grad():
+                    x[through] = vae_round_trip(vae, x[through], batch=len(x))
         x, _, _ = _augment(x, gen, aug)
         expr = face_targets(ps)["expression"]
         target = _raw_expression(expr)
@@ -573,6 +591,8 @@ def train_parts(
     rec = {"steps": steps, "lr": lr, "batch": batch, "aug_strength": aug, "uniform_prob": uniform_prob}
     if sketch_prob:
         rec["sketch_prob"] = sketch_prob
+    if vae_prob:
+        rec.update(vae_prob=vae_prob, vae_base=str(vae_base) if vae_base else "shipped")
     rec.update(gaze_weight=gaze_weight, round=round_, seconds=round(time.time() - t0, 1))
     info["face_parts_train"] = [*history, rec]
     info["heldout_face"] = metrics
@@ -594,6 +614,7 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
         "--part-steps", type=int, default=0, help="only add (or continue) the saved face net's part heads (on the CPU)"
     )
     ap.add_argument("--part-lr", type=float, default=2e-3, help="peak learning rate of --part-steps")
+    ap.add_argument("--part-aug", type=float, default=0.5, help="augmentation strength of --part-steps")
     ap.add_argument(
         "--part-arch",
         choices=PART_ARCHS,
@@ -607,6 +628,10 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
         default=0.0,
         help="share of --part-steps draws re-styled as sketches (besides the third drawn as sketches anyway)",
     )
+    ap.add_argument(
+        "--vae-prob", type=float, default=0.0, help="share of --part-steps renders round-tripped through a VAE"
+    )
+    ap.add_argument("--vae-base", default=None, help="the base whose VAE --vae-prob uses (default: the shipped one)")
     ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
     ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
     ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
@@ -622,11 +647,14 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
             a.kind,
             a.part_steps,
             a.part_lr,
+            aug=a.part_aug,
             uniform_prob=a.uniform_prob,
             gaze_weight=a.gaze_weight,
             render_workers=a.render_workers,
             arch=a.part_arch,
             sketch_prob=a.sketch_prob,
+            vae_prob=a.vae_prob,
+            vae_base=a.vae_base,
         )
         raise SystemExit(0)
     if a.refine_face_steps:

@@ -201,3 +201,27 @@ def test_part_head_draws_can_be_sketched_more_often(tmp_path, monkeypatch):
     assert "sketch_prob" not in unsketched["face_parts_train"][-1]
     with pytest.raises(ValueError, match="sketch_prob must be within 0..1, got 1.5"):
         ta.train_parts(tmp_path / "b", "train", steps=1, batch=8, log=lambda _: None, sketch_prob=1.5)
+
+
+@pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
+def test_part_head_renders_can_go_through_the_base_vae_first(tmp_path, monkeypatch):
+    from emojidiff.synthetic import bench
+    from emojidiff.synthetic.train_analysers import train_parts
+
+    sent: list[int] = []
+    real = bench.vae_round_trip
+
+    def counting(vae, x, batch=50):
+        sent.append(len(x))
+        out = real(vae, x, batch)
+        assert out.shape == x.shape and not torch.equal(out, x)
+        return out
+
+    monkeypatch.setattr(bench, "vae_round_trip", counting)
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
+    train_parts(tmp_path, "train", steps=2, batch=16, log=lambda _: None, eval_n=16, vae_prob=0.5)
+    assert len(sent) == 2 and 0 < sum(sent) < 32  # about half of each batch, drawn per render
+    rec = json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"][-1]
+    assert rec["vae_prob"] == 0.5 and rec["vae_base"] == "shipped"
+    with pytest.raises(ValueError, match="vae_prob must be within 0..1, got -0.1"):
+        train_parts(tmp_path, "train", steps=1, batch=8, log=lambda _: None, vae_prob=-0.1)
