@@ -108,8 +108,8 @@ class IdentityNet(nn.Module):
 #: the corners wherever smile and smirk pull them, the open mouth.
 EYE_CROP = (0.42, 0.55, 0.0, -0.27)
 MOUTH_CROP = (0.85, 0.6, 0.0, 0.1)
-#: The "zoom" heads' extra look at each eye alone, lids and iris without the brow (eye half-widths are 0.19-0.28 d,
-#: half-heights 0.14-0.21 d), at about twice the eye crop's magnification
+#: The "zoom" heads' (spatial heads plus a third CNN) extra look at each eye alone, lids and iris without the brow
+#: (eye half-widths are 0.19-0.28 d, half-heights 0.14-0.21 d), at about twice the eye crop's magnification
 ZOOM_EYE_CROP = (0.32, 0.24, 0.0, 0.0)
 PART_SIZE = 24
 #: Part-head architectures (:class:`PartHeads`); a set's config.json names its own (:func:`saved_parts_arch`)
@@ -180,15 +180,16 @@ class PartHeads(nn.Module):
 
     ``arch`` "pooled" (the v4 sets') averages each CNN's last 3 x 3 map before its linear layers; "spatial" flattens
     it, so the position of the iris or the lips inside the crop reaches the output directly rather than through
-    what padding leaves of it in an average. "zoom" is "pooled" with a third CNN that reads each eye again from a
-    closer crop (lids and iris filling it), for its opening and gaze."""
+    what padding leaves of it in an average. "zoom" is "spatial" with a third CNN (spatial too) that reads each eye
+    again from a closer crop (lids and iris filling it), for its opening and gaze."""
 
     def __init__(self, arch: str = "pooled"):
         super().__init__()
         if arch not in PART_ARCHS:
             raise ValueError(f"part-head architecture '{arch}' is not one of {PART_ARCHS}")
         self.arch = arch
-        pool, n_flat = (nn.AdaptiveAvgPool2d(1), 128) if arch == "pooled" else (nn.Identity(), 128 * 9)
+        flatten = arch in ("spatial", "zoom")
+        pool, n_flat = (nn.Identity(), 128 * 9) if flatten else (nn.AdaptiveAvgPool2d(1), 128)
 
         def cnn(n_out: int) -> nn.Sequential:
             return nn.Sequential(
