@@ -8,9 +8,9 @@ its own. ``chance`` is the error of always answering the held-out median, the sc
     OMP_NUM_THREADS=1 python bench/analyser_errors.py --json bench/results/analyser_errors.json
     OMP_NUM_THREADS=1 python bench/analyser_errors.py --root runs/world/analysers/train   # another trained set
 
-``--vae-round-trip`` reads the renders after a round trip through the shipped base's VAE instead (encoded and
-decoded again): the softness every generated image has, on portraits whose factors are known exactly, so how well
-a set reads generated faces can be told apart from how well it reads clean renders.
+``--vae-round-trip`` reads the renders after a round trip through the shipped base's VAE (or ``--vae-base``'s)
+instead (encoded and decoded again): the softness every generated image has, on portraits whose factors are known
+exactly, so how well a set reads generated faces can be told apart from how well it reads clean renders.
 
 ``--flip-average`` also reads each portrait mirrored and averages the two readings (the mirrored one mapped back with
 ``Expression.mirrored``'s swap of left and right): test-time augmentation, to see how much of the error is noise.
@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--flip-average", action="store_true", help="average with the reading of the mirrored image")
     ap.add_argument("--vae-round-trip", action="store_true", help="read the renders after the base VAE's round trip")
+    ap.add_argument("--vae-base", default=None, help="the base whose VAE --vae-round-trip uses (default: shipped)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(54321)  # evaluate_face's held-out draw
@@ -55,7 +56,7 @@ def main() -> None:
         from emojidiff.synthetic.bench import vae_round_trip
 
         with torch.no_grad():
-            x = vae_round_trip(load_base_pipeline(None).vae, x)
+            x = vae_round_trip(load_base_pipeline(a.vae_base).vae, x)
     analysers = SyntheticAnalysers(a.kind, a.root)
     with torch.no_grad():
         pred = analysers.expression(x)
@@ -83,7 +84,7 @@ def main() -> None:
         "uniform expressions": list(uniform),
     }
     res = {"kind": a.kind, "root": a.root, "n": a.n, "flip_average": a.flip_average, "groups": {}}
-    res["vae_round_trip"] = a.vae_round_trip
+    res["vae_round_trip"] = a.vae_round_trip and (a.vae_base or "shipped")
     print(" " * 31 + " ".join(f"{n[:5]:>5s}" for n in EXPRESSION_NAMES))
     for name, mask in groups.items():
         m = np.array(mask)
