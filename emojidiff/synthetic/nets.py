@@ -113,7 +113,9 @@ MOUTH_CROP = (0.85, 0.6, 0.0, 0.1)
 ZOOM_EYE_CROP = (0.32, 0.24, 0.0, 0.0)
 PART_SIZE = 24
 #: Part-head architectures (:class:`PartHeads`); a set's config.json names its own (:func:`saved_parts_arch`)
-PART_ARCHS = ("pooled", "spatial", "zoom")
+PART_ARCHS = ("pooled", "spatial", "zoom", "keypoint")
+#: Maps the "keypoint" heads place on each crop (:class:`SpatialSoftArgmax`)
+N_KEYPOINTS = 16
 
 
 def saved_parts_arch(config: dict) -> str:
@@ -169,6 +171,45 @@ def part_targets(target: torch.Tensor, signed: bool = True, zoom: bool = False) 
     return torch.stack(cols, 1)
 
 
+class SpatialSoftArgmax(nn.Module):
+    """Feature maps (B, K, H, W) -> where each map's softmax over its pixels is, on average: (B, 2K) coordinates in
+    [-1, 1] of the map (all x, then all y), sub-pixel by construction. Regression heads read positions this way in
+    keypoint work (the spatial soft arg-max of Levine et al. 2016, integral regression of Sun et al. 2018): a CNN's
+    strided layers and pooling keep where an edge is only coarsely, and gaze moves the iris by about a pixel over
+    its whole range. Each map has a learned sharpness, starting at 1.
+
+    Hand-written: a few lines; kornia has one (``spatial_soft_argmax2d``) but is not worth a dependency for them."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.log_sharpness = nn.Parameter(torch.zeros(1, k, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        b, k, h, w = f.shape
+        p = torch.softmax(f.flatten(2) * self.log_sharpness.exp(), -1).view(b, k, h, w)
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=f.device, dtype=f.dtype)
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=f.device, dtype=f.dtype)
+        return torch.cat([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], 1)
+
+
+class _KeypointCNN(nn.Module):
+    """The "spatial" part CNN plus :data:`N_KEYPOINTS` soft arg-max positions found at the crop's full resolution
+    (a 5 x 5 receptive field), read by the same head beside the flattened features."""
+
+    def __init__(self, n_out: int):
+        super().__init__()
+        self.stem = _cbr(3, 32)
+        self.features = nn.Sequential(
+            _cbr(32, 48, 2), _cbr(48, 48), _cbr(48, 96, 2), _cbr(96, 96), _cbr(96, 128, 2), nn.Flatten()
+        )
+        self.keypoints = nn.Sequential(_cbr(32, 32), nn.Conv2d(32, N_KEYPOINTS, 1), SpatialSoftArgmax(N_KEYPOINTS))
+        self.head = nn.Sequential(nn.Linear(128 * 9 + 2 * N_KEYPOINTS, 128), nn.ReLU(True), nn.Linear(128, n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        return self.head(torch.cat([self.features(h), self.keypoints(h)], 1))
+
+
 class PartHeads(nn.Module):
     """A second look at the eyes and the mouth at full resolution, after the whole-face net found them.
 
@@ -181,14 +222,15 @@ class PartHeads(nn.Module):
     ``arch`` "pooled" (the v4 sets') averages each CNN's last 3 x 3 map before its linear layers; "spatial" flattens
     it, so the position of the iris or the lips inside the crop reaches the output directly rather than through
     what padding leaves of it in an average. "zoom" is "spatial" with a third CNN (spatial too) that reads each eye
-    again from a closer crop (lids and iris filling it), for its opening and gaze."""
+    again from a closer crop (lids and iris filling it), for its opening and gaze. "keypoint" is "zoom" with each
+    CNN also reading sub-pixel positions of its own full-resolution maps (:class:`_KeypointCNN`)."""
 
     def __init__(self, arch: str = "pooled"):
         super().__init__()
         if arch not in PART_ARCHS:
             raise ValueError(f"part-head architecture '{arch}' is not one of {PART_ARCHS}")
         self.arch = arch
-        flatten = arch in ("spatial", "zoom")
+        flatten = arch in ("spatial", "zoom", "keypoint")
         pool, n_flat = (nn.Identity(), 128 * 9) if flatten else (nn.AdaptiveAvgPool2d(1), 128)
 
         def cnn(n_out: int) -> nn.Sequential:
@@ -197,8 +239,9 @@ class PartHeads(nn.Module):
                 pool, nn.Flatten(), nn.Linear(n_flat, 128), nn.ReLU(True), nn.Linear(128, n_out),
             )  # fmt: skip
 
-        self.eye, self.mouth = cnn(len(EYE_FACTORS)), cnn(len(MOUTH_FACTORS))
-        self.zoom = cnn(len(ZOOM_FACTORS)) if arch == "zoom" else None
+        make = _KeypointCNN if arch == "keypoint" else cnn
+        self.eye, self.mouth = make(len(EYE_FACTORS)), make(len(MOUTH_FACTORS))
+        self.zoom = make(len(ZOOM_FACTORS)) if arch in ("zoom", "keypoint") else None
         self.n_out = N_PART_OUT + (2 * len(ZOOM_FACTORS) if self.zoom is not None else 0)
         self.fuse = nn.Linear(N_EXPR + self.n_out, N_EXPR)
         nn.init.zeros_(self.fuse.weight)

@@ -174,6 +174,41 @@ def test_zoom_heads_read_each_eye_again_closer_and_start_at_zero():
         assert torch.equal(raw, plain.raw(x)) and parts.shape == (2, zoom.parts.n_out)
 
 
+def test_soft_argmax_finds_sub_pixel_positions_and_passes_gradients():
+    from emojidiff.synthetic.nets import SpatialSoftArgmax
+
+    sam = SpatialSoftArgmax(2)
+    f = torch.full((1, 2, 5, 7), -30.0)
+    f[0, 0, 1, 6] = 30.0  # one sharp peak: that pixel's centre, in [-1, 1] map coordinates
+    f[0, 1, 3, 2] = f[0, 1, 3, 3] = 30.0  # two equal peaks side by side: halfway between their centres
+    xy = sam(f)[0]
+    assert torch.allclose(xy, torch.tensor([6 / 7, 2.5 * 2 / 7 - 1 + 1 / 7, -0.4, 0.4]), atol=1e-5)
+    # a peak moving a tenth of a pixel moves the reading (what pooled features lose)
+    yy = torch.arange(9.0)[:, None]
+    xx = torch.arange(9.0)[None, :]
+    reads = [SpatialSoftArgmax(1)(-((yy - c) ** 2 + (xx - 4) ** 2).view(1, 1, 9, 9))[0, 1] for c in (4.0, 4.1)]
+    assert 0.015 < (reads[1] - reads[0]).item() < 0.03  # 0.1 px of 9 px in a [-1, 1] span: 0.022
+    f = torch.randn(2, 2, 6, 6, requires_grad=True)
+    sam(f).sum().backward()
+    assert f.grad.abs().sum() > 0 and sam.log_sharpness.grad is not None
+
+
+def test_keypoint_heads_are_zoom_heads_with_positions_and_start_at_zero():
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(0)
+    plain = FaceNet("plain").eval()
+    kp, zoom = (FaceNet("plain", parts=True, parts_arch=a).eval() for a in ("keypoint", "zoom"))
+    kp.load_state_dict(plain.state_dict(), strict=False)
+    assert kp.parts.n_out == zoom.parts.n_out and kp.parts.zoom is not None
+    with torch.no_grad():
+        raw, parts = kp.raw_and_parts(x)
+        assert torch.equal(raw, plain.raw(x)) and parts.shape == (2, kp.parts.n_out)
+    assert any(k.startswith("parts.zoom.keypoints.") for k in kp.state_dict())
+    assert not any("keypoints" in k for k in zoom.state_dict())
+    with pytest.raises(ValueError, match="part-head architecture 'nope' is not one of"):
+        FaceNet("plain", parts=True, parts_arch="nope")
+
+
 @pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
 def test_part_head_draws_can_be_sketched_more_often(tmp_path, monkeypatch):
     from emojidiff.synthetic import train_analysers as ta
