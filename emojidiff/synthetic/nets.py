@@ -171,6 +171,11 @@ def part_targets(target: torch.Tensor, signed: bool = True, zoom: bool = False) 
     return torch.stack(cols, 1)
 
 
+def _part_trunk() -> list[nn.Module]:
+    """Every part CNN's layers after its full-resolution first one: 32 channels at the crop's size -> 128 at 3 x 3."""
+    return [_cbr(32, 48, 2), _cbr(48, 48), _cbr(48, 96, 2), _cbr(96, 96), _cbr(96, 128, 2)]
+
+
 class SpatialSoftArgmax(nn.Module):
     """Feature maps (B, K, H, W) -> where each map's softmax over its pixels is, on average: (B, 2K) coordinates in
     [-1, 1] of the map (all x, then all y), sub-pixel by construction. Regression heads read positions this way in
@@ -199,9 +204,7 @@ class _KeypointCNN(nn.Module):
     def __init__(self, n_out: int):
         super().__init__()
         self.stem = _cbr(3, 32)
-        self.features = nn.Sequential(
-            _cbr(32, 48, 2), _cbr(48, 48), _cbr(48, 96, 2), _cbr(96, 96), _cbr(96, 128, 2), nn.Flatten()
-        )
+        self.features = nn.Sequential(*_part_trunk(), nn.Flatten())
         self.keypoints = nn.Sequential(_cbr(32, 32), nn.Conv2d(32, N_KEYPOINTS, 1), SpatialSoftArgmax(N_KEYPOINTS))
         self.head = nn.Sequential(nn.Linear(128 * 9 + 2 * N_KEYPOINTS, 128), nn.ReLU(True), nn.Linear(128, n_out))
 
@@ -234,10 +237,8 @@ class PartHeads(nn.Module):
         pool, n_flat = (nn.Identity(), 128 * 9) if flatten else (nn.AdaptiveAvgPool2d(1), 128)
 
         def cnn(n_out: int) -> nn.Sequential:
-            return nn.Sequential(
-                _cbr(3, 32), _cbr(32, 48, 2), _cbr(48, 48), _cbr(48, 96, 2), _cbr(96, 96), _cbr(96, 128, 2),
-                pool, nn.Flatten(), nn.Linear(n_flat, 128), nn.ReLU(True), nn.Linear(128, n_out),
-            )  # fmt: skip
+            head = (pool, nn.Flatten(), nn.Linear(n_flat, 128), nn.ReLU(True), nn.Linear(128, n_out))
+            return nn.Sequential(_cbr(3, 32), *_part_trunk(), *head)
 
         make = _KeypointCNN if arch == "keypoint" else cnn
         self.eye, self.mouth = make(len(EYE_FACTORS)), make(len(MOUTH_FACTORS))
