@@ -14,6 +14,12 @@ exactly, so how well a set reads generated faces can be told apart from how well
 
 ``--flip-average`` also reads each portrait mirrored and averages the two readings (the mirrored one mapped back with
 ``Expression.mirrored``'s swap of left and right): test-time augmentation, to see how much of the error is noise.
+
+``--average-with ROOT`` (repeatable) averages the readings of other sets: an ensemble, whose gain tells errors that
+differ between nets from errors they share.
+
+Each group also records, per factor, the least-squares ``slope`` of the reading on the truth (1 for a reader without
+bias; below 1 when readings shrink towards the middle, as a net does where it cannot tell a factor's value).
 """
 
 from __future__ import annotations
@@ -37,6 +43,18 @@ def mirrored_back(pred: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.tensor(Expression.from_vector(v).mirrored().to_vector()) for v in pred.numpy()])
 
 
+def slopes(pred: np.ndarray, truth: np.ndarray, w: np.ndarray) -> list[float | None]:
+    """Weighted least-squares slope of each factor's reading on its truth (None where the truth does not vary)."""
+    out = []
+    for j in range(truth.shape[1]):
+        wj = w[:, j]
+        t, r = truth[:, j], pred[:, j]
+        tc = t - (wj * t).sum() / max(wj.sum(), 1e-9)
+        var = (wj * tc * tc).sum()
+        out.append(float((wj * tc * r).sum() / var) if var > 1e-9 else None)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kind", choices=["train", "eval"], default="train")
@@ -46,6 +64,7 @@ def main() -> None:
     ap.add_argument("--flip-average", action="store_true", help="average with the reading of the mirrored image")
     ap.add_argument("--vae-round-trip", action="store_true", help="read the renders after the base VAE's round trip")
     ap.add_argument("--vae-base", default=None, help="the base whose VAE --vae-round-trip uses (default: shipped)")
+    ap.add_argument("--average-with", action="append", default=[], metavar="ROOT", help="another set to average with")
     a = ap.parse_args()
     torch.set_num_threads(1)
     rng = np.random.default_rng(54321)  # evaluate_face's held-out draw
@@ -62,6 +81,9 @@ def main() -> None:
         pred = analysers.expression(x)
         if a.flip_average:
             pred = (pred + mirrored_back(analysers.expression(x.flip(-1))).to(pred.dtype)) / 2
+        for root in a.average_with:
+            pred = pred + SyntheticAnalysers(a.kind, root).expression(x)
+        pred = pred / (1 + len(a.average_with))
     truth = face_targets(list(ps))["expression"]
     span = EXPR_HI - EXPR_LO
     err = ((pred - truth).abs() / span).numpy()
@@ -82,10 +104,21 @@ def main() -> None:
         ],
         "template expressions": [not u for u in uniform],
         "uniform expressions": list(uniform),
+        # gaze is hidden as the lids close, and read least surely far from straight ahead
+        **{
+            f"uniform, more open eye {lo}-{hi}": [
+                u and lo <= max(p.expression.eye_open_l, p.expression.eye_open_r) < (hi if hi < 1 else 2)
+                for p, u in zip(ps, uniform, strict=True)
+            ]
+            for lo, hi in ((0.3, 0.5), (0.5, 0.7), (0.7, 1))
+        },
+        "uniform, |gaze y| >= 0.5": [u and abs(p.expression.gaze_y) >= 0.5 for p, u in zip(ps, uniform, strict=True)],
     }
-    res = {"kind": a.kind, "root": a.root, "n": a.n, "flip_average": a.flip_average, "groups": {}}
+    res = {"kind": a.kind, "root": a.root, "average_with": a.average_with, "n": a.n, "flip_average": a.flip_average}
+    res["groups"] = {}
+    pred_np, truth_np = pred.numpy(), truth.numpy()
     res["vae_round_trip"] = a.vae_round_trip and (a.vae_base or "shipped")
-    print(" " * 31 + " ".join(f"{n[:5]:>5s}" for n in EXPRESSION_NAMES))
+    print(" " * 41 + " ".join(f"{n[:5]:>5s}" for n in EXPRESSION_NAMES))
     for name, mask in groups.items():
         m = np.array(mask)
         for label, e in ((name, err), (f"{name}, chance", chance)):
@@ -95,7 +128,10 @@ def main() -> None:
             per_factor = dict(zip(EXPRESSION_NAMES, map(float, mae), strict=True))
             res["groups"][label] = {"n": int(m.sum()), "mean": float(mae.mean()), "max": float(mae.max())}
             res["groups"][label]["per_factor"] = per_factor
-            print(f"{label[:20]:20s} {100 * mae.mean():4.1f} % | " + " ".join(f"{100 * v:5.1f}" for v in mae))
+            if not label.endswith("chance"):
+                slope = slopes(pred_np[m], truth_np[m], w[m])
+                res["groups"][label]["slope"] = dict(zip(EXPRESSION_NAMES, slope, strict=True))
+            print(f"{label[:30]:30s} {100 * mae.mean():4.1f} % | " + " ".join(f"{100 * v:5.1f}" for v in mae))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
