@@ -12,7 +12,7 @@ import torch
 
 from emojidiff.synthetic import TEMPLATES, Identity, Portrait, Style, face_geometry
 from emojidiff.synthetic.base_model import ANALYSERS_DIR
-from emojidiff.synthetic.nets import PART_SIZE, FaceNet, part_crops
+from emojidiff.synthetic.nets import PART_SIZE, FaceNet, part_crops, saved_parts_arch
 from emojidiff.synthetic.render import render_array
 from emojidiff.synthetic.train_analysers import _to_tensor
 
@@ -97,12 +97,13 @@ def test_part_heads_of_another_architecture_replace_the_saved_ones(tmp_path):
 
     shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
     old = json.loads((tmp_path / "train" / "config.json").read_text())
-    assert old.get("face_parts_arch", "pooled") == "pooled"
+    assert saved_parts_arch(old) != "spatial"
     train_parts(tmp_path, "train", steps=2, batch=8, log=lambda _: None, eval_n=16, arch="spatial")
     saved = json.loads((tmp_path / "train" / "config.json").read_text())
     assert saved["face_parts_arch"] == "spatial"
     # the replaced heads' record is kept apart; the new heads' history starts over, on the first round's draws
-    assert saved["face_parts_replaced"] == [{"arch": "pooled", "train": old["face_parts_train"]}]
+    replaced = {"arch": saved_parts_arch(old), "train": old["face_parts_train"]}
+    assert saved["face_parts_replaced"] == [*old.get("face_parts_replaced", []), replaced]
     assert [r["round"] for r in saved["face_parts_train"]] == [100]
     spatial = SyntheticAnalysers("train", tmp_path / "train").face_net
     assert spatial.parts.arch == "spatial"
@@ -114,7 +115,7 @@ def test_part_heads_of_another_architecture_replace_the_saved_ones(tmp_path):
     train_parts(tmp_path, "train", steps=1, batch=8, log=lambda _: None, eval_n=16)  # continues the spatial heads
     again = json.loads((tmp_path / "train" / "config.json").read_text())
     assert again["face_parts_arch"] == "spatial" and len(again["face_parts_train"]) == 2
-    assert len(again["face_parts_replaced"]) == 1
+    assert again["face_parts_replaced"] == saved["face_parts_replaced"]
     with pytest.raises(ValueError, match="part-head architecture 'wide'"):
         FaceNet("plain", parts=True, parts_arch="wide")
 
