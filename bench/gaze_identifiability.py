@@ -41,6 +41,18 @@ def same_image_run(images: np.ndarray, k: int, tolerance: int = 0) -> tuple[int,
     return lo, hi
 
 
+def floor_row(floor: np.ndarray, errors: dict[str, np.ndarray], w: np.ndarray, tolerances: tuple[int, ...]) -> dict:
+    """Means over portraits weighted ``w`` of the floor (``floor[0]``: exact runs), the share of portraits with an
+    exact run, the tolerant runs' widths (``floor[t]`` for ``tolerances[t]``) and each analyser's error."""
+    row = {"floor": float((floor[0] * w).sum() / w.sum())}
+    row["share_with_an_unreadable_run"] = float(((floor[0] > 0) * w).sum() / w.sum())
+    for t, tol in enumerate(tolerances[1:], 1):
+        row[f"floor_within_{tol}_levels"] = float((floor[t] * w).sum() / w.sum())
+    for kind, err in errors.items():
+        row[f"{kind}_error_8bit"] = float((err * w).sum() / w.sum())
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1000, help="held-out portraits (evaluate_face's first N)")
@@ -82,14 +94,7 @@ def main() -> None:
         errors[kind] = np.abs(read - truth[:, j].numpy()) / 2.0
     shading = np.array([p.style.shading for p in ps])
     for name, mask in [("all", np.ones(a.n, bool))] + [(s, shading == s) for s in ("flat", "shaded", "sketch")]:
-        ww = w * mask
-        row = {"portraits": int(mask.sum()), "floor": float((floor[0] * ww).sum() / ww.sum())}
-        row["share_with_an_unreadable_run"] = float(((floor[0] > 0) * ww).sum() / ww.sum())
-        for t, tol in enumerate(tolerances[1:], 1):
-            row[f"floor_within_{tol}_levels"] = float((floor[t] * ww).sum() / ww.sum())
-        for kind, err in errors.items():
-            row[f"{kind}_error_8bit"] = float((err * ww).sum() / ww.sum())
-        res[name] = row
+        res[name] = {"portraits": int(mask.sum()), **floor_row(floor, errors, w * mask, tolerances)}
     print(json.dumps(res, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gaze_identifiability import same_image_run  # bench/ is on the path when this runs as a script
+from gaze_identifiability import floor_row, same_image_run  # bench/ is on the path when this runs as a script
 
 
 def matched_portrait(p, pout_to: float):
@@ -104,13 +104,7 @@ def main() -> None:
     }
     res: dict = {"n": a.n, "grid": a.grid}
     for name, mask in groups.items():
-        row = {"portraits": int(mask.sum()), "floor": float(floor[0, mask].mean())}
-        row["share_with_an_unreadable_run"] = float((floor[0, mask] > 0).mean())
-        for t, tol in enumerate(tolerances[1:], 1):
-            row[f"floor_within_{tol}_levels"] = float(floor[t, mask].mean())
-        for kind, err in errors.items():
-            row[f"{kind}_error_8bit"] = float(err[mask].mean())
-        res[name] = row
+        res[name] = {"portraits": int(mask.sum()), **floor_row(floor, errors, mask.astype(float), tolerances)}
     print(json.dumps(res, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
