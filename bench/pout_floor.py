@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from gaze_identifiability import floor_row, same_image_run  # bench/ is on the path when this runs as a script
+from pout_identifiability import matched_identity
 
 
 def matched_portrait(p, pout_to: float):
@@ -42,14 +43,13 @@ def matched_portrait(p, pout_to: float):
     m = e.mouth_open * (1 - 0.3 * e.pout) / (1 - 0.3 * pout_to)
     smile = max(e.smile, 0.0)
     half_width = (0.36 + 0.12 * i.face_width) * (1 + 0.04 * smile - 0.03 * e.mouth_open) / (1 + 0.04 * smile - 0.03 * m)
-    width = (0.32 + 0.22 * i.mouth_width) * (1 - 0.4 * e.pout) / (1 - 0.4 * pout_to)
-    lips = (0.008 + 0.016 * i.lip_fullness) * (1 + 1.2 * e.pout) / (1 + 1.2 * pout_to)
+    mouth = matched_identity(i, e.pout, pout_to)  # the closed-mouth trade: mouth width and lip fullness
     moved = {
         "face_width": (half_width - 0.36) / 0.12,
         "face_length": i.face_length + 0.7 * (e.mouth_open - m),
         "eye_height": i.eye_height + 0.25 * (m - e.mouth_open),
-        "mouth_width": (width - 0.32) / 0.22,
-        "lip_fullness": (lips - 0.008) / 0.016,
+        "mouth_width": mouth.mouth_width,
+        "lip_fullness": mouth.lip_fullness,
     }
     if not (0 <= m <= 1 and all(0 <= v <= 1 for v in moved.values())):
         return None
