@@ -75,8 +75,9 @@ def gallery_cmd(out: str, size: int) -> None:
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue a run in OUT: finished stages are skipped, the UNet resumes (a --unet-steps above a finished "
-    "UNet's continues it from its last checkpoint).",
+    help="Continue a run in OUT with the options it began with (OUT/config.json; those given again win): finished "
+    "stages are skipped, the UNet resumes (a --unet-steps above a finished UNet's continues it from its last "
+    "checkpoint).",
 )
 @click.option(
     "--stages",
@@ -84,10 +85,18 @@ def gallery_cmd(out: str, size: int) -> None:
     show_default=True,
     help="Comma-separated subset of the stages to run.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed of every stage (default 0; --resume: the run's own).")
 @click.option("--unet-steps", type=click.IntRange(min=1), default=None, help="Override the UNet step count.")
 @click.option("--vae-steps", type=click.IntRange(min=1), default=None, help="Override the VAE step count.")
 @click.option("--clip-steps", type=click.IntRange(min=1), default=None, help="Override the CLIP step count.")
+@click.option(
+    "--clip-hard-negatives",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="Share of each CLIP batch's renders also scored against their caption with one style word changed "
+    "(NegCLIP hard negatives); teaches the text encoder words that in-batch negatives rarely contrast, such as "
+    "'round' against 'square' glasses (BENCHMARKS.md).",
+)
 @click.option("--n-images", type=click.IntRange(min=8), default=None, help="Override the number of renders.")
 @click.option(
     "--part-weight",
@@ -143,6 +152,7 @@ def pretrain_cmd(
     unet_steps,
     vae_steps,
     clip_steps,
+    clip_hard_negatives,
     n_images,
     part_weight,
     expression_weight,
@@ -162,26 +172,21 @@ def pretrain_cmd(
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = PretrainConfig.quick() if quick else PretrainConfig()
-    cfg.seed = seed
-    saved = Path(out, "config.json")
-    if resume and saved.is_file():  # the UNet's loss and shape options go on as the run began unless given again
-        run = json.loads(saved.read_text())
-        part_weight = run.get("part_weight") if part_weight is None else part_weight
-        expression_weight = run.get("expression_weight") if expression_weight is None else expression_weight
-        expression_analysers = expression_analysers or run.get("expression_analysers")
-        expression_captions = run.get("expression_captions") if expression_captions is None else expression_captions
-        if attention_at_full_res is None:
-            attention_at_full_res = run.get("unet_attention_at_full_res")
+    if resume and Path(out, "config.json").is_file():  # a run goes on with the options it began with unless given
+        cfg = PretrainConfig.from_run(out)
+    else:
+        cfg = PretrainConfig.quick() if quick else PretrainConfig()
     chosen = [s.strip() for s in stages.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
         raise InputError(f"unknown stage(s) {', '.join(unknown)}: choose from {', '.join(STAGES)}")
     cfg.stages = chosen
     for name, value in (
+        ("seed", seed),
         ("unet_steps", unet_steps),
         ("vae_steps", vae_steps),
         ("clip_steps", clip_steps),
+        ("clip_hard_negatives", clip_hard_negatives),
         ("n_images", n_images),
         ("part_weight", part_weight),
         ("expression_weight", expression_weight),

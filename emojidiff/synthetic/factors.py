@@ -8,7 +8,7 @@ sees them (``eye_open_l`` is the eye on the left half of the picture).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -374,6 +374,27 @@ def style_words(style: Style) -> tuple[str, list[str]]:
     if style.hat != "none":
         accessories.append(f"a {style.hat} hat")
     return palette, accessories
+
+
+#: the style fields a caption names, each of which :func:`style_swapped` can change
+CAPTIONED_STYLE_FIELDS = ("background", "shading", "palette", "glasses", "hat")
+
+
+def style_swapped(style: Style, name: str, rng: np.random.Generator) -> Style:
+    """``style`` with the captioned field ``name`` set to another of its values, drawn uniformly: the style of a
+    hard-negative caption, one word away from the true one (glasses and hats may appear or go; glasses worn change
+    shape, the one difference a caption names that in-batch negatives almost never show)."""
+    if name == "glasses" and style.glasses != "none":
+        return replace(style, glasses="square" if style.glasses == "round" else "round")
+    values = {
+        "background": BACKGROUNDS,
+        "shading": SHADINGS,
+        "palette": PALETTES,
+        "glasses": GLASSES,
+        "hat": ("none", *HAT_COLOURS),
+    }[name]
+    other = [v for v in values if v != getattr(style, name)]
+    return replace(style, **{name: str(rng.choice(other))})
 
 
 def _join(parts: list[str]) -> str:

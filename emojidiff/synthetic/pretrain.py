@@ -47,7 +47,14 @@ from .base_model import (
     vision_config,
 )
 from .dataset import TRAIN_IDS, sample_portraits
-from .factors import NAMED_DISTANCE, caption, expression_caption, template_distance
+from .factors import (
+    CAPTIONED_STYLE_FIELDS,
+    NAMED_DISTANCE,
+    caption,
+    expression_caption,
+    style_swapped,
+    template_distance,
+)
 from .nets import EXPR_HI, EXPR_LO, OUT_EXPR
 from .pretrain_stages import STAGES
 from .render import face_geometry, render_array
@@ -69,6 +76,11 @@ class PretrainConfig:
     decoder_lr: float = 2e-4
     clip_steps: int = 800
     clip_batch: int = 128
+    #: share of each CLIP batch's whole renders that also meet a hard-negative caption: theirs with one style word
+    #: changed ('round glasses' -> 'square glasses'), scored against the image with the batch's captions (NegCLIP,
+    #: Yuksekgonul et al. 2023). In-batch negatives alone almost never differ in one word, and the text encoder
+    #: learned to barely tell 'round' from 'square' glasses, which no base then drew apart (BENCHMARKS.md)
+    clip_hard_negatives: float = 0.0
     #: 2500 drew malformed faces at guidance 4 (92.5 % passed the face test); 3500 from nothing: 98.5 %, and the
     #: whole run still took 46 min on 2 cores (BENCHMARKS.md, "Base model"; MODEL_CARD.md)
     unet_steps: int = 3500
@@ -443,8 +455,10 @@ def _stage_clip(out: Path, cfg: PretrainConfig, log) -> dict:
     crop_ids = tok(
         crop_captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
     )
+    portraits = _run_portraits(out, cfg, captions)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     half = cfg.clip_batch // 2
+    n_hard = round(half * cfg.clip_hard_negatives)
     bar = tqdm(range(cfg.clip_steps), desc="clip", mininterval=5)
     for step in bar:
         _side_poll()
@@ -454,13 +468,20 @@ def _stage_clip(out: Path, cfg: PretrainConfig, log) -> dict:
         pix = torch.cat([clip_pixels(images[a] / 255.0), clip_pixels(crops[b] / 255.0)])
         inp = torch.cat([ids.input_ids[a], crop_ids.input_ids[b]])
         mask = torch.cat([ids.attention_mask[a], crop_ids.attention_mask[b]])
-        outp = model(input_ids=inp, attention_mask=mask, pixel_values=pix, return_loss=True)
+        if n_hard:
+            hard = tok(
+                [_swapped_caption(portraits[i], name, rng) for i in a[:n_hard] for name in CAPTIONED_STYLE_FIELDS],
+                padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt",
+            )  # fmt: skip
+            inp, mask = torch.cat([inp, hard.input_ids]), torch.cat([mask, hard.attention_mask])
+        outp = model(input_ids=inp, attention_mask=mask, pixel_values=pix)
+        loss = _contrastive_loss(outp.logits_per_image)
         opt.zero_grad(set_to_none=True)
-        outp.loss.backward()
+        loss.backward()
         opt.step()
         if step % 50 == 0:
-            bar.set_postfix(loss=f"{outp.loss.item():.3f}")
-            log(f"[clip] step {step}/{cfg.clip_steps} loss {outp.loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            log(f"[clip] step {step}/{cfg.clip_steps} loss {loss.item():.3f}")
     sd = model.state_dict()
     text = CLIPTextModel(text_config(tok))
     _load_from_prefixed(text, sd, "text_model.")
@@ -478,8 +499,54 @@ def _stage_clip(out: Path, cfg: PretrainConfig, log) -> dict:
             pixel_values=clip_pixels(images[a] / 255.0),
         )
         top1 = (o.logits_per_image.argmax(1) == torch.arange(len(a))).float().mean().item()
-    log(f"[clip] image->caption top-1 among {len(a)}: {top1:.3f}")
-    return {"steps": cfg.clip_steps, "batch": cfg.clip_batch, "retrieval_top1": top1, "final_loss": outp.loss.item()}
+        swaps = _style_swap_accuracy(model, tok, images, portraits, rng)
+    log(f"[clip] image->caption top-1 among {len(a)}: {top1:.3f}; own caption over one style word changed: {swaps}")
+    return {
+        "steps": cfg.clip_steps,
+        "batch": cfg.clip_batch,
+        "hard_negatives": cfg.clip_hard_negatives,
+        "retrieval_top1": top1,
+        "style_swap_accuracy": swaps,
+        "final_loss": loss.item(),
+    }
+
+
+def _contrastive_loss(logits_per_image: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss for N images against N matching texts followed by any extra (hard-negative) texts,
+    which count as wrong answers for every image and are not themselves matched to an image."""
+    n = logits_per_image.shape[0]
+    target = torch.arange(n)
+    return (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_image[:, :n].T, target)) / 2
+
+
+def _swapped_caption(p, name: str, rng: np.random.Generator) -> str:
+    """``p``'s caption with the captioned style field ``name`` changed (:func:`style_swapped`)."""
+    return caption(p.identity, p.expression, style_swapped(p.style, name, rng))
+
+
+@torch.no_grad()
+def _style_swap_accuracy(model, tok, images, portraits, rng: np.random.Generator, n: int = 256) -> dict[str, float]:
+    """Per captioned style field, how often a render's own caption scores above the same caption with that field
+    changed (chance 0.5); ``glasses_shape``: the same on renders wearing glasses (changed to the other shape)."""
+    idx = np.sort(rng.choice(len(images), min(n, len(images)), replace=False))
+    pix = clip_pixels(images[idx] / 255.0)
+
+    def score(texts: list[str], rows: list[int] | None = None) -> torch.Tensor:
+        """cosine of each image (of ``rows``) to its text, as CLIP's forward computes the embeddings"""
+        t = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        o = model(input_ids=t.input_ids, attention_mask=t.attention_mask, pixel_values=pix[rows or slice(None)])
+        return (o.image_embeds * o.text_embeds).sum(-1)
+
+    own = score([portraits[i].caption() for i in idx])
+    out = {}
+    for name in CAPTIONED_STYLE_FIELDS:
+        other = score([_swapped_caption(portraits[i], name, rng) for i in idx])
+        out[name] = round(float((own > other).float().mean()), 3)
+    worn = [k for k, i in enumerate(idx) if portraits[i].style.glasses != "none"]
+    if worn:
+        other = [_swapped_caption(portraits[idx[k]], "glasses", rng) for k in worn]  # the other shape
+        out["glasses_shape"] = round(float((own[worn] > score(other, worn)).float().mean()), 3)
+    return out
 
 
 def _load_from_prefixed(model, sd: dict, prefix: str) -> None:

@@ -327,3 +327,60 @@ def test_expression_captions_train_are_recorded_and_kept_on_resume(tmp_path):
     assert json.loads((out / "config.json").read_text())["expression_captions"] == 0.5
     res = runner.invoke(main, [*args, "--expression-captions", "1.5"])
     assert res.exit_code != 0 and "1.5" in res.output
+
+
+def test_style_swapped_changes_exactly_the_named_caption_word():
+    from emojidiff.synthetic.factors import CAPTIONED_STYLE_FIELDS, Style, style_swapped
+
+    rng = np.random.default_rng(0)
+    style = Style(background="blue", shading="flat", palette="natural", glasses="round", hat="red")
+    for name in CAPTIONED_STYLE_FIELDS:
+        for _ in range(20):
+            other = style_swapped(style, name, rng)
+            changed = [f for f in CAPTIONED_STYLE_FIELDS if getattr(other, f) != getattr(style, f)]
+            assert changed == [name]
+    assert style_swapped(style, "glasses", rng).glasses == "square"  # glasses worn change shape
+    bare = {style_swapped(Style(glasses="none"), "glasses", rng).glasses for _ in range(50)}
+    assert bare == {"round", "square"}
+
+
+def test_contrastive_loss_counts_hard_negatives_as_wrong_answers_only():
+    from emojidiff.synthetic.pretrain import _contrastive_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 4)
+    plain = torch.nn.functional.cross_entropy
+    target = torch.arange(4)
+    assert torch.allclose(_contrastive_loss(logits), (plain(logits, target) + plain(logits.T, target)) / 2)
+    # a hard negative that every image prefers to its own caption raises the loss; one none prefers barely does
+    worse = _contrastive_loss(torch.cat([logits, torch.full((4, 1), 10.0)], 1))
+    harmless = _contrastive_loss(torch.cat([logits, torch.full((4, 1), -10.0)], 1))
+    assert worse > _contrastive_loss(logits) + 4  # only the image-to-text half sees it
+    assert abs(harmless - _contrastive_loss(logits)) < 1e-3
+
+
+def test_clip_hard_negatives_train_and_report_style_swap_accuracy(tmp_path):
+    out = tmp_path / "w"
+    args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data,clip", "--clip-hard-negatives", "1"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    clip = json.loads((out / "state.json").read_text())["done"]["clip"]
+    assert clip["hard_negatives"] == 1.0
+    assert set(clip["style_swap_accuracy"]) >= {"background", "shading", "palette", "glasses", "hat"}
+    assert all(0.0 <= v <= 1.0 for v in clip["style_swap_accuracy"].values())
+    assert json.loads((out / "config.json").read_text())["clip_hard_negatives"] == 1.0
+    res = CliRunner().invoke(main, [*args[:5], "--resume", "--stages", "vae"])  # resuming keeps the run's choice
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["clip_hard_negatives"] == 1.0
+
+
+def test_resume_keeps_every_option_the_run_began_with_unless_given_again(tmp_path):
+    out = tmp_path / "w"
+    runner = CliRunner()
+    args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data"]
+    assert runner.invoke(main, [*args, "--seed", "3", "--clip-steps", "4", "--n-images", "40"]).exit_code == 0
+    res = runner.invoke(main, [*args, "--resume", "--stages", "data,vae", "--vae-steps", "3"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["seed"], cfg["clip_steps"], cfg["n_images"], cfg["vae_steps"]) == (3, 4, 40, 3)
+    assert json.loads((out / "state.json").read_text())["done"]["data"]["n_images"] == 40
