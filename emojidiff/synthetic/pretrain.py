@@ -76,10 +76,11 @@ class PretrainConfig:
     decoder_lr: float = 2e-4
     clip_steps: int = 800
     clip_batch: int = 128
-    #: share of each CLIP batch's whole renders that also meet a hard-negative caption: theirs with one style word
-    #: changed ('round glasses' -> 'square glasses'), scored against the image with the batch's captions (NegCLIP,
-    #: Yuksekgonul et al. 2023). In-batch negatives alone almost never differ in one word, and the text encoder
-    #: learned to barely tell 'round' from 'square' glasses, which no base then drew apart (BENCHMARKS.md)
+    #: share of each CLIP batch's whole renders that also meet hard-negative captions: theirs with one style word
+    #: changed ('round glasses' -> 'square glasses'), one for each captioned style field, scored against the image
+    #: with the batch's captions (NegCLIP, Yuksekgonul et al. 2023). In-batch negatives alone almost never differ in
+    #: one word, and the text encoder learned to barely tell 'round' from 'square' glasses, which no base then drew
+    #: apart (BENCHMARKS.md, "Which words do the bases miss?")
     clip_hard_negatives: float = 0.0
     #: 2500 drew malformed faces at guidance 4 (92.5 % passed the face test); 3500 from nothing: 98.5 %, and the
     #: whole run still took 46 min on 2 cores (BENCHMARKS.md, "Base model"; MODEL_CARD.md)
