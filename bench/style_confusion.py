@@ -40,8 +40,7 @@ WORD_PAIRS = (
 
 
 @torch.no_grad()
-def text_separation(pipe) -> dict:
-    tok, te = pipe.tokenizer, pipe.text_encoder
+def text_separation(tok, te) -> dict:
 
     def hidden(text: str) -> torch.Tensor:
         ids = tok([text], padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
@@ -61,8 +60,25 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--text-encoder",
+        default=None,
+        help="a run's text_encoder folder: only measure how far apart it holds the words (no sampling; for runs "
+        "with no base yet, such as a CLIP stage alone)",
+    )
     a = ap.parse_args()
 
+    if a.text_encoder:
+        from transformers import CLIPTextModel
+
+        from emojidiff.synthetic.tokenizer import world_tokenizer
+
+        te = CLIPTextModel.from_pretrained(a.text_encoder).eval()
+        _report(
+            {"text_encoder": a.text_encoder, "text_encoder_max_token_distance": text_separation(world_tokenizer(), te)},
+            a.json,
+        )
+        return
     pipe = load_base_pipeline(a.base)
     portraits = sample_portraits(a.n, 777, HELDOUT_IDS)
     images = sample_base_images(pipe, [p.caption() for p in portraits], a.guidance)
@@ -81,12 +97,16 @@ def main() -> None:
             "accuracy": round(float(np.trace(m) / m.sum()), 4),
             "confusion_prompted_rows_drawn_columns": m.tolist(),
         }
-    result["text_encoder_max_token_distance"] = text_separation(pipe)
+    result["text_encoder_max_token_distance"] = text_separation(pipe.tokenizer, pipe.text_encoder)
+    _report(result, a.json)
+
+
+def _report(result: dict, path: str | None) -> None:
     text = json.dumps(result, indent=1)
     print(text)
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(text + "\n")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -376,8 +376,16 @@ def style_words(style: Style) -> tuple[str, list[str]]:
     return palette, accessories
 
 
+#: the values of each style field a caption names ('none': no glasses, no hat)
+CAPTIONED_STYLE_VALUES = {
+    "background": BACKGROUNDS,
+    "shading": SHADINGS,
+    "palette": PALETTES,
+    "glasses": GLASSES,
+    "hat": ("none", *HAT_COLOURS),
+}
 #: the style fields a caption names, each of which :func:`style_swapped` can change
-CAPTIONED_STYLE_FIELDS = ("background", "shading", "palette", "glasses", "hat")
+CAPTIONED_STYLE_FIELDS = tuple(CAPTIONED_STYLE_VALUES)
 
 
 def style_swapped(style: Style, name: str, rng: np.random.Generator) -> Style:
@@ -386,14 +394,7 @@ def style_swapped(style: Style, name: str, rng: np.random.Generator) -> Style:
     shape, the one difference a caption names that in-batch negatives almost never show)."""
     if name == "glasses" and style.glasses != "none":
         return replace(style, glasses="square" if style.glasses == "round" else "round")
-    values = {
-        "background": BACKGROUNDS,
-        "shading": SHADINGS,
-        "palette": PALETTES,
-        "glasses": GLASSES,
-        "hat": ("none", *HAT_COLOURS),
-    }[name]
-    other = [v for v in values if v != getattr(style, name)]
+    other = [v for v in CAPTIONED_STYLE_VALUES[name] if v != getattr(style, name)]
     return replace(style, **{name: str(rng.choice(other))})
 
 
