@@ -2,14 +2,13 @@
 the words.
 
 Samples the held-out captions exactly as ``emojidiff world bench --what base`` does (25 DDIM steps, seed 0), reads
-each style head with a style classifier (default the shipped one; ``--style`` another, such as a better-trained
-one) and counts prompted value against drawn value. Then, for pairs of prompts that differ in one style word,
-the largest distance between the text encoder's hidden states at any token (what the UNet's cross-attention sees),
-next to the hidden states' typical norm. Used to find that the bases' glasses misses are round/square swaps and
-that the text encoder barely tells those two words apart:
+each style head with a style classifier (default the shipped one, which since session 18 is the 2000-step judge
+these runs used from ``runs/style_pilot``; ``--style`` another) and counts prompted value against drawn value. Then,
+for pairs of prompts that differ in one style word, the largest distance between the text encoder's hidden states at
+any token (what the UNet's cross-attention sees), next to the hidden states' typical norm. Used to find that the
+bases' glasses misses are round/square swaps and that the text encoder barely tells those two words apart:
 
-    OMP_NUM_THREADS=2 python bench/style_confusion.py --style runs/style_pilot/s2000/style.safetensors \\
-        --json bench/results/style_confusion/v2.json
+    OMP_NUM_THREADS=2 python bench/style_confusion.py --json bench/results/style_confusion/v2.json
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base_model import ANALYSERS_DIR, load_base_pipeline
+from .base_model import ANALYSERS_DIR, BASE_DIR, load_base_pipeline
 from .dataset import HELDOUT_IDS, sample_portraits
 from .style import STYLE_HEADS, load_style_net, style_labels
 
@@ -46,7 +46,7 @@ def bench_render(n: int = 2048, size: int = 64, repeats: int = 3) -> dict:
 
 def bench_analysers(root: str | Path | None = None, n_people: int = 200, n_face: int = 1000) -> dict:
     from .analysers import SyntheticAnalysers
-    from .train_analysers import HELDOUT, evaluate_face, evaluate_identity
+    from .train_analysers import evaluate_face, evaluate_identity
 
     root = Path(root) if root is not None else ANALYSERS_DIR
     out: dict = {}
@@ -60,19 +60,31 @@ def bench_analysers(root: str | Path | None = None, n_people: int = 200, n_face:
             "seconds": round(time.time() - t, 1),
         }
     # the two sets disagree like two independent recognisers should, but both separate people
-    style_path = root / "eval" / "style.safetensors"
-    if style_path.is_file():
-        net = load_style_net(style_path)
-        rng = np.random.default_rng(4242)
-        portraits = sample_portraits(500, 4242, HELDOUT)
-        from .render import render_array
-        from .train_analysers import _to_tensor
+    if (root / "eval" / "style.safetensors").is_file():
+        out["style"] = bench_style(root)
+    return out
 
-        with torch.no_grad():
-            logits = net(_to_tensor(render_array(portraits, 64)))
-        acc, followed = _style_scores({k: v.argmax(1).numpy() for k, v in logits.items()}, portraits)
-        out["style"] = {"accuracy_on_renders": acc, "background_and_shading_on_renders": followed}
-        del rng
+
+@torch.no_grad()
+def bench_style(root: str | Path | None = None, n: int = 500) -> dict:
+    """The evaluation style classifier's per-word accuracy on ``n`` held-out renders, clean and through the shipped
+    base's VAE round trip (what a generated image looks like at best)."""
+    from .render import render_array
+    from .train_analysers import HELDOUT, _to_tensor
+
+    root = Path(root) if root is not None else ANALYSERS_DIR
+    net = load_style_net(root / "eval" / "style.safetensors")
+    portraits = sample_portraits(n, 4242, HELDOUT)
+    x = _to_tensor(render_array(portraits, 64))
+    acc, followed = _style_scores({k: v.argmax(1).numpy() for k, v in net(x).items()}, portraits)
+    out = {"n": n, "accuracy_on_renders": acc, "background_and_shading_on_renders": followed}
+    if (BASE_DIR / "vae").is_dir():
+        from diffusers import AutoencoderKL
+
+        rt = vae_round_trip(AutoencoderKL.from_pretrained(BASE_DIR / "vae").eval(), x)
+        out["accuracy_on_vae_round_trips"], _ = _style_scores(
+            {k: v.argmax(1).numpy() for k, v in net(rt).items()}, portraits
+        )
     return out
 
 

@@ -243,7 +243,14 @@ def sample_cmd(prompt, n, out, base, steps, guidance, guidance_rescale, seed) ->
 
 
 @world.command("bench")
-@click.option("--what", type=click.Choice(["render", "analysers", "base", "all"]), default="all", show_default=True)
+@click.option(
+    "--what",
+    type=click.Choice(["render", "analysers", "style", "base", "all"]),
+    default="all",
+    show_default=True,
+    help="What to measure: the renderer's speed, both analyser sets (and the style classifier), the style "
+    "classifier alone (clean and VAE round-tripped held-out renders), or the base's samples.",
+)
 @click.option("--n", "n", type=click.IntRange(min=10), default=200, show_default=True, help="Base samples.")
 @click.option("--base", type=click.Path(file_okay=False), default=None, help="Base model folder (default: shipped).")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the figures here.")
@@ -268,7 +275,7 @@ def bench_cmd(
     """Measure the shipped analysers (held-out people) and the base model (faces, style and expression words)."""
     import torch
 
-    from .bench import bench_analysers, bench_base_guidances, bench_render
+    from .bench import bench_analysers, bench_base_guidances, bench_render, bench_style
 
     torch.manual_seed(0)
     res = {}
@@ -276,6 +283,8 @@ def bench_cmd(
         res["render"] = bench_render()
     if what in ("analysers", "all"):
         res["analysers"] = bench_analysers()
+    if what == "style":
+        res["style"] = bench_style()
     if what in ("base", "all"):
         scales = guidance or (4.0,)
         figures = bench_base_guidances(base, scales, n=n, save_grid=grid, guidance_rescale=guidance_rescale)
