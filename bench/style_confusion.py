@@ -52,6 +52,42 @@ def text_separation(tok, te) -> dict:
     return out
 
 
+@torch.no_grad()
+def shape_pairs(pipe, net, n: int, guidance: float, seed: int = 0) -> dict:
+    """Does the word or the starting noise decide the glasses' shape? ``n`` held-out captions, each drawn twice
+    from the same starting latents (DDIM is deterministic given them): once saying 'round glasses', once 'square
+    glasses'. Counts the (drawn under 'round', drawn under 'square') shape pairs: a base that follows the word draws
+    (round, square); one that takes the shape from the noise draws the same shape twice."""
+    from dataclasses import replace
+
+    from emojidiff.synthetic.factors import GLASSES
+
+    portraits = sample_portraits(n, 777, HELDOUT_IDS)
+    gen = torch.Generator().manual_seed(seed)
+    size = pipe.unet.config.sample_size
+    latents = torch.randn((n, pipe.unet.config.in_channels, size, size), generator=gen)
+    drawn = {}
+    for shape in ("round", "square"):
+        prompts = [replace(p, style=replace(p.style, glasses=shape)).caption() for p in portraits]
+        images = np.concatenate([
+            pipe(prompts[k : k + 50], num_inference_steps=25, guidance_scale=guidance, latents=latents[k : k + 50],
+                 output_type="np").images
+            for k in range(0, n, 50)
+        ]).astype(np.float32)  # fmt: skip
+        drawn[shape] = net(torch.from_numpy(images).permute(0, 3, 1, 2))["glasses"].argmax(1).numpy()
+    m = np.zeros((len(GLASSES), len(GLASSES)), int)
+    np.add.at(m, (drawn["round"], drawn["square"]), 1)
+    r, q = GLASSES.index("round"), GLASSES.index("square")
+    return {
+        "n": n,
+        "values": list(GLASSES),
+        "drawn_under_round_rows_under_square_columns": m.tolist(),
+        "both_words_followed": int(m[r, q]),
+        "same_shape_twice": int(m[r, r] + m[q, q]),
+        "swapped": int(m[q, r]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default=None, help="base folder (default: the shipped one)")
@@ -59,6 +95,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--json", default=None)
+    ap.add_argument(
+        "--shape-pairs",
+        type=int,
+        default=0,
+        help="also draw this many held-out captions twice from the same starting noise, once with round and once "
+        "with square glasses, and count whether the drawn shape follows the word or stays with the noise",
+    )
     ap.add_argument(
         "--text-encoder",
         default=None,
@@ -97,6 +140,8 @@ def main() -> None:
             "confusion_prompted_rows_drawn_columns": m.tolist(),
         }
     result["text_encoder_max_token_distance"] = text_separation(pipe.tokenizer, pipe.text_encoder)
+    if a.shape_pairs:
+        result["glasses_shape_pairs"] = shape_pairs(pipe, net, a.shape_pairs, a.guidance)
     _report(result, a.json)
 
 

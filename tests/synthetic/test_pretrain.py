@@ -378,9 +378,10 @@ def test_resume_keeps_every_option_the_run_began_with_unless_given_again(tmp_pat
     out = tmp_path / "w"
     runner = CliRunner()
     args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data"]
-    assert runner.invoke(main, [*args, "--seed", "3", "--clip-steps", "4", "--n-images", "40"]).exit_code == 0
+    first = ["--seed", "3", "--clip-steps", "4", "--n-images", "40", "--style-steps", "5"]
+    assert runner.invoke(main, [*args, *first]).exit_code == 0
     res = runner.invoke(main, [*args, "--resume", "--stages", "data,vae", "--vae-steps", "3"])
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["seed"], cfg["clip_steps"], cfg["n_images"], cfg["vae_steps"]) == (3, 4, 40, 3)
+    assert (cfg["seed"], cfg["clip_steps"], cfg["n_images"], cfg["vae_steps"], cfg["style_steps"]) == (3, 4, 40, 3, 5)
     assert json.loads((out / "state.json").read_text())["done"]["data"]["n_images"] == 40
