@@ -69,11 +69,7 @@ def shape_pairs(pipe, net, n: int, guidance: float, seed: int = 0) -> dict:
     drawn = {}
     for shape in ("round", "square"):
         prompts = [replace(p, style=replace(p.style, glasses=shape)).caption() for p in portraits]
-        images = np.concatenate([
-            pipe(prompts[k : k + 50], num_inference_steps=25, guidance_scale=guidance, latents=latents[k : k + 50],
-                 output_type="np").images
-            for k in range(0, n, 50)
-        ]).astype(np.float32)  # fmt: skip
+        images = sample_base_images(pipe, prompts, guidance, latents=latents)
         drawn[shape] = net(torch.from_numpy(images).permute(0, 3, 1, 2))["glasses"].argmax(1).numpy()
     m = np.zeros((len(GLASSES), len(GLASSES)), int)
     np.add.at(m, (drawn["round"], drawn["square"]), 1)

@@ -17,21 +17,17 @@ from diffusers import UNet2DConditionModel
 from emojidiff.synthetic.base_model import make_unet
 
 
-def widen(src: str) -> UNet2DConditionModel:
-    old = UNet2DConditionModel.from_pretrained(src)
+def widen(old: UNet2DConditionModel) -> UNet2DConditionModel:
     if old.config.down_block_types[0] == "CrossAttnDownBlock2D":
-        raise SystemExit(f"{src}: this UNet already has cross-attention at its top level")
+        raise SystemExit("this UNet already has cross-attention at its top level")
     wide = make_unet(attention_at_full_res=True)
     missing, unexpected = wide.load_state_dict(old.state_dict(), strict=False)
-    new_blocks = [wide.down_blocks[0], wide.up_blocks[-1]]
-    new_keys = {f"down_blocks.0.{k}" for k in wide.down_blocks[0].state_dict() if k.startswith("attentions.")}
-    new_keys |= {
-        f"up_blocks.{len(wide.up_blocks) - 1}.{k}" for k in new_blocks[1].state_dict() if k.startswith("attentions.")
-    }
+    top = {"down_blocks.0": wide.down_blocks[0], f"up_blocks.{len(wide.up_blocks) - 1}": wide.up_blocks[-1]}
+    new_keys = {f"{name}.{k}" for name, b in top.items() for k in b.state_dict() if k.startswith("attentions.")}
     if unexpected or set(missing) != new_keys:
-        raise SystemExit(f"{src}: not a world UNet of the expected layout (unexpected {unexpected[:3]})")
+        raise SystemExit(f"not a world UNet of the expected layout (unexpected {unexpected[:3]})")
     with torch.no_grad():
-        for block in new_blocks:
+        for block in top.values():
             for attn in block.attentions:
                 attn.proj_out.weight.zero_()
                 attn.proj_out.bias.zero_()
@@ -43,11 +39,11 @@ def main() -> None:
     ap.add_argument("src", help="a UNet folder (save_pretrained), e.g. a run's checkpoints/unet-3500")
     ap.add_argument("dst", help="where to save the widened UNet")
     a = ap.parse_args()
-    wide = widen(a.src)
     old = UNet2DConditionModel.from_pretrained(a.src).eval()
+    wide = widen(old).eval()
     x, t, c = torch.randn(2, 8, 16, 16), torch.tensor([10, 900]), torch.randn(2, 77, old.config.cross_attention_dim)
     with torch.no_grad():
-        gap = (wide.eval()(x, t, c).sample - old(x, t, c).sample).abs().max().item()
+        gap = (wide(x, t, c).sample - old(x, t, c).sample).abs().max().item()
     wide.save_pretrained(a.dst)
     print(f"saved {a.dst}; largest difference from {a.src} on random inputs: {gap:.2e}")
 

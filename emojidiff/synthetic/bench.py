@@ -198,13 +198,16 @@ def sample_base_images(
     seed: int = 0,
     batch: int = 50,
     guidance_rescale: float = 0.0,
+    latents: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """The base's samples for ``prompts`` as :func:`bench_base` draws them: (N, H, W, 3) float32 in [0, 1]."""
+    """The base's samples for ``prompts`` as :func:`bench_base` draws them: (N, H, W, 3) float32 in [0, 1].
+    ``latents`` (N, C, h, w): the starting noise, one per prompt, instead of drawing it from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
     images = [
         pipe(
             list(prompts[k : k + batch]), num_inference_steps=steps, guidance_scale=guidance, generator=gen,
             guidance_rescale=guidance_rescale, output_type="np",
+            latents=None if latents is None else latents[k : k + batch],
         ).images
         for k in range(0, len(prompts), batch)
     ]  # fmt: skip
