@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -264,23 +265,34 @@ def _start_side_analysers(out: Path, cfg: PretrainConfig, log):
     import multiprocessing
 
     proc = multiprocessing.get_context("spawn").Process(
-        target=_side_analysers, args=(str(out), asdict(cfg)), name="emojidiff-analysers"
+        target=_side_analysers, args=(str(out), asdict(cfg), os.getpid()), name="emojidiff-analysers"
     )
     proc.start()
     log(f"[analysers] training in a second process (pid {proc.pid}), one thread")
     return proc
 
 
-def _side_analysers(out: str, cfg: dict) -> None:
+def _side_analysers(out: str, cfg: dict, parent: int) -> None:
     """The spawned process: the analysers stage alone, recorded in the shared ``state.json``."""
     import sys
 
     torch.set_num_threads(1)
+    threading.Thread(target=watch_parent, args=(parent, lambda: os._exit(1)), daemon=True).start()
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     _run_stages(Path(out), PretrainConfig(**cfg), _State(Path(out)), ["analysers"], log)
+
+
+def watch_parent(parent: int, on_orphan, interval: float = 2.0) -> None:
+    """Call ``on_orphan`` once this process's parent is no longer ``parent`` (it died and the process was
+    re-parented). The main process stops the analysers' process itself when it fails or is interrupted, but a
+    SIGTERM or SIGKILL (``kill``, a job scheduler, ``timeout``) ends it with no chance to, and the analysers' process
+    would train on alone for half an hour. multiprocessing has no "die with the parent" option; hence this loop."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    on_orphan()
 
 
 def _unet_extended(state: _State, cfg: PretrainConfig) -> bool:

@@ -248,6 +248,48 @@ def test_unet_options_train_and_are_recorded(tmp_path):
     assert unet["up_block_types"] == ["CrossAttnUpBlock2D"] * 3
 
 
+def test_the_analysers_process_stops_once_its_parent_is_gone():
+    import os
+
+    from emojidiff.synthetic.pretrain import watch_parent
+
+    called = []
+    watch_parent(os.getppid() + 1, lambda: called.append(True), interval=0.01)  # "parent" already not ours
+    assert called == [True]
+
+
+def test_the_analysers_process_ends_when_the_pretraining_process_is_killed(tmp_path):
+    """SIGKILL the main process of a parallel run while its analysers' process trains: that one goes too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time\n"
+        "from emojidiff.synthetic import pretrain as p\n"
+        "cfg = p.PretrainConfig.quick(); cfg.analyser_identity_steps = cfg.analyser_face_steps = 100000\n"
+        "proc = p._start_side_analysers(__import__('pathlib').Path(sys.argv[1]), cfg, lambda m: None)\n"
+        "print(proc.pid, flush=True); time.sleep(600)\n"
+    )
+    main_proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    child = int(main_proc.stdout.readline().split()[-1])
+    os.kill(main_proc.pid, signal.SIGKILL)
+    main_proc.wait()
+    for _ in range(300):  # the watch polls every 2 s; allow a slow machine a minute
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{child}/stat").read().split()[2] == "Z":  # exited, waiting to be reaped by init
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the analysers' process outlived the killed pretraining process")
+
+
 def test_resume_keeps_the_runs_unet_options_unless_given_again(tmp_path):
     out = tmp_path / "w"
     runner = CliRunner()
