@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,11 +69,11 @@ class PretrainConfig:
     n_images: int = 24_000
     analyser_identity_steps: int = 2000
     analyser_face_steps: int = 2500
-    #: the evaluation style classifier (``style.train_style``). 400-600 steps read glasses right on only ~86 % of
-    #: held-out renders; the shipped one was trained 2000 steps (99 %; BENCHMARKS.md, "Face analysers"). The default
-    #: stays 600 because the 46-min timing of the whole run was measured with it; ``--style-steps 2000`` makes the
-    #: shipped judge (380 s on two threads alone), in the analysers' process, which runs beside the UNet
-    style_steps: int = 600
+    #: the evaluation style classifier (``style.train_style``): 2000 steps, the shipped judge's recipe (glasses read
+    #: right on 99 % of held-out renders; 400-600 steps: ~86 %; BENCHMARKS.md, "Face analysers"). The whole run's
+    #: 46 min were timed with 600; the other 1400 run in the analysers' process beside the UNet and took 440 s at
+    #: most on one thread (627 s for 2000, session 19), so at most 54 min in all (MODEL_CARD.md)
+    style_steps: int = 2000
     vae_steps: int = 2000
     vae_batch: int = 32
     vae_crop: int = 32
@@ -285,7 +286,7 @@ def _side_analysers(out: str, cfg: dict, parent: int) -> None:
     _run_stages(Path(out), PretrainConfig(**cfg), _State(Path(out)), ["analysers"], log)
 
 
-def watch_parent(parent: int, on_orphan, interval: float = 2.0) -> None:
+def watch_parent(parent: int, on_orphan: Callable[[], object], interval: float = 2.0) -> None:
     """Call ``on_orphan`` once this process's parent is no longer ``parent`` (it died and the process was
     re-parented). The main process stops the analysers' process itself when it fails or is interrupted, but a
     SIGTERM or SIGKILL (``kill``, a job scheduler, ``timeout``) ends it with no chance to, and the analysers' process
