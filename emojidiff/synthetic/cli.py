@@ -114,6 +114,13 @@ def gallery_cmd(out: str, size: int) -> None:
     "measured: it does not make the base draw them (BENCHMARKS.md).",
 )
 @click.option(
+    "--glasses-share",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="Share of each UNet batch drawn from the renders wearing glasses (default 0: uniform draws, 30 % wear "
+    "them). A pilot for drawing the named glasses shape (BENCHMARKS.md).",
+)
+@click.option(
     "--expression-weight",
     type=click.FloatRange(min=0),
     default=None,
@@ -164,6 +171,7 @@ def pretrain_cmd(
     n_images,
     style_steps,
     part_weight,
+    glasses_share,
     expression_weight,
     expression_analysers,
     expression_captions,
@@ -200,6 +208,7 @@ def pretrain_cmd(
         ("n_images", n_images),
         ("style_steps", style_steps),
         ("part_weight", part_weight),
+        ("glasses_share", glasses_share),
         ("expression_weight", expression_weight),
         ("expression_analysers", expression_analysers),
         ("expression_captions", expression_captions),

@@ -115,6 +115,10 @@ class PretrainConfig:
     #: they are. In a full caption the expression is one word of ~15 and a base trained on those alone ignores it;
     #: 0.5 (with part_weight 4, 7000 steps) drew smile and frown from words (BENCHMARKS.md, "Session 10")
     expression_captions: float = 0.0
+    #: share of each UNet batch drawn from the renders wearing glasses (0: uniform draws, where 30 % wear them).
+    #: Round against square glasses is a few pixels per lens; the bases draw whichever shape the starting noise
+    #: favours (BENCHMARKS.md, "Which words do the bases miss?"), and this shows the UNet more of them
+    glasses_share: float = 0.0
     #: cross-attention at the 16x16 latent level too (``base_model.make_unet``); twice the time per UNet step
     unet_attention_at_full_res: bool = False
     #: v-prediction on a zero-terminal-SNR schedule (``base_model.make_scheduler``); False is the plain
@@ -641,6 +645,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, weight_decay=1e-2)
     gen = torch.Generator().manual_seed(cfg.seed + 3 + start)
     rng = np.random.default_rng(cfg.seed + 3 + start)
+    wearing = np.array([i for i, c in enumerate(captions) if " glasses" in c], dtype=np.int64)
     losses: list[float] = []
     expr_losses: list[float] = []
     bar = tqdm(range(start, cfg.unet_steps), desc="unet", initial=start, total=cfg.unet_steps, mininterval=5)
@@ -648,7 +653,7 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
     for step in bar:
         _side_poll()
         _lr(opt, step, cfg.unet_steps, cfg.unet_lr, warmup=100)
-        idx = torch.from_numpy(rng.choice(len(latents), cfg.unet_batch, replace=False))
+        idx = torch.from_numpy(unet_batch_indices(rng, len(latents), cfg.unet_batch, wearing, cfg.glasses_share))
         z0 = latents[idx]
         inp, drop = captions_for(idx, gen)
         with torch.no_grad():
@@ -694,11 +699,25 @@ def _stage_unet(out: Path, cfg: PretrainConfig, log) -> dict:
         "batch": cfg.unet_batch,
         "prediction_type": noise_sched.config.prediction_type,
         "part_weight": cfg.part_weight,
+        "glasses_share": cfg.glasses_share,
         "expression_weight": cfg.expression_weight,
         "expression_captions": cfg.expression_captions,
         "final_loss": float(np.mean(losses[-100:] or [0])),
         **({"final_expression_loss": float(np.mean(expr_losses[-100:]))} if expr_losses else {}),
     }
+
+
+def unet_batch_indices(
+    rng: np.random.Generator, n: int, batch: int, wearing: np.ndarray, glasses_share: float
+) -> np.ndarray:
+    """``batch`` distinct render indices of ``n``: uniform draws, or with ``glasses_share`` > 0 that share of the
+    batch (rounded) drawn from ``wearing`` (the renders with glasses) and the rest from the others. The uniform path
+    draws exactly as before the option existed, so default runs stay byte-identical."""
+    if glasses_share <= 0:
+        return rng.choice(n, batch, replace=False)
+    k = min(round(glasses_share * batch), len(wearing))
+    others = np.setdiff1d(np.arange(n), wearing, assume_unique=True)
+    return np.concatenate([rng.choice(wearing, k, replace=False), rng.choice(others, batch - k, replace=False)])
 
 
 class _UNetCaptions:

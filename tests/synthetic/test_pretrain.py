@@ -235,17 +235,31 @@ def test_expression_loss_refuses_the_evaluation_analysers(tmp_path):
 def test_unet_options_train_and_are_recorded(tmp_path):
     out = tmp_path / "w"
     args = ["world", "pretrain", "--quick", "--out", str(out), "--stages", "data,vae,clip,unet", "--part-weight", "3",
-            "--attention-at-full-res"]  # fmt: skip
+            "--attention-at-full-res", "--glasses-share", "0.5"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     state = json.loads((out / "state.json").read_text())
-    assert state["done"]["unet"]["part_weight"] == 3.0
+    assert state["done"]["unet"]["part_weight"] == 3.0 and state["done"]["unet"]["glasses_share"] == 0.5
     assert state["done"]["unet"]["expression_weight"] == 0.0 and "final_expression_loss" not in state["done"]["unet"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["part_weight"] == 3.0 and cfg["unet_attention_at_full_res"] is True
     unet = json.loads((out / "unet" / "config.json").read_text())
     assert unet["down_block_types"] == ["CrossAttnDownBlock2D"] * 3
     assert unet["up_block_types"] == ["CrossAttnUpBlock2D"] * 3
+
+
+def test_unet_batches_draw_the_asked_share_of_glasses_and_stay_uniform_by_default():
+    import numpy as np
+
+    from emojidiff.synthetic.pretrain import unet_batch_indices
+
+    wearing = np.arange(0, 100, 10)  # 10 of 100 renders wear glasses
+    idx = unet_batch_indices(np.random.default_rng(0), 100, 16, wearing, 0.5)
+    assert len(idx) == 16 and len(set(idx.tolist())) == 16
+    assert np.isin(idx, wearing).sum() == 8
+    assert np.isin(unet_batch_indices(np.random.default_rng(0), 100, 16, wearing, 1.0), wearing).sum() == 10  # all
+    uniform = unet_batch_indices(np.random.default_rng(3), 100, 16, wearing, 0.0)
+    assert np.array_equal(uniform, np.random.default_rng(3).choice(100, 16, replace=False))
 
 
 def test_the_analysers_process_stops_once_its_parent_is_gone():
