@@ -711,8 +711,8 @@ def unet_batch_indices(
     rng: np.random.Generator, n: int, batch: int, wearing: np.ndarray, glasses_share: float
 ) -> np.ndarray:
     """``batch`` distinct render indices of ``n``: uniform draws, or with ``glasses_share`` > 0 that share of the
-    batch (rounded) drawn from ``wearing`` (the renders with glasses) and the rest from the others. The uniform path
-    draws exactly as before the option existed, so default runs stay byte-identical."""
+    batch (rounded, at most all of ``wearing``) drawn from the renders with glasses and the rest from the others.
+    The uniform path draws exactly as before the option existed, so default runs stay byte-identical."""
     if glasses_share <= 0:
         return rng.choice(n, batch, replace=False)
     k = min(round(glasses_share * batch), len(wearing))
