@@ -275,6 +275,7 @@ def test_the_analysers_process_stops_once_its_parent_is_gone():
 def test_the_analysers_process_ends_when_the_pretraining_process_is_killed(tmp_path):
     """SIGKILL the main process of a parallel run while its analysers' process trains: that one goes too."""
     import os
+    import select
     import signal
     import subprocess
     import sys
@@ -288,6 +289,9 @@ def test_the_analysers_process_ends_when_the_pretraining_process_is_killed(tmp_p
         "print(proc.pid, flush=True); time.sleep(600)\n"
     )
     main_proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    if not select.select([main_proc.stdout], [], [], 120)[0]:  # never hang the suite on a stuck start
+        main_proc.kill()
+        raise AssertionError("the pretraining process did not start its analysers' process in 2 minutes")
     child = int(main_proc.stdout.readline().split()[-1])
     os.kill(main_proc.pid, signal.SIGKILL)
     main_proc.wait()
