@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 
 import click
 
@@ -30,6 +31,18 @@ def _quiet_libraries() -> None:
         dlog.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
+
+
+def _one_line_warnings() -> None:
+    """EmojiDiff's own warnings print as one line, ``warning: ...``, like its errors (not file:line and source)."""
+    default = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("emojidiff."):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
 
 
 def user_errors(fn):
@@ -70,6 +83,7 @@ def main() -> None:
     Start with `emojidiff generate --help`.
     """
     _quiet_libraries()
+    _one_line_warnings()
 
 
 # Sub-command modules register themselves on `main` when imported (one import line each, below).

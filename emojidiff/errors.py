@@ -30,3 +30,7 @@ class FaceBackendError(EmojiDiffError):
 
 class ModelMissingError(FaceBackendError):
     """A model file that a backend needs is not present on this machine."""
+
+
+class BaseMismatchWarning(UserWarning):
+    """An adapter is loaded into another version of the base it was trained on (same architecture, other weights)."""

@@ -17,7 +17,14 @@ import torch
 from PIL import Image
 
 from .adapter.config import EmojiDiffConfig, UNetSignature
-from .adapter.core import load_adapter_into, meta_unet, read_unet_config, resolve_adapter, resolve_base
+from .adapter.core import (
+    load_adapter_into,
+    meta_unet,
+    read_unet_config,
+    resolve_adapter,
+    resolve_base,
+    warn_if_other_base_version,
+)
 from .adapter.image_encoder import encode_pixels, image_processor, preprocess
 from .adapter.layers import layer_scale_dict
 from .adapter.step_cache import StepCachedProjection, install_step_cache
@@ -92,6 +99,7 @@ class EmojiDiffPipeline:
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise AdapterError(f"base model '{base}' could not be loaded ({first})") from None
+        warn_if_other_base_version(cfg, adapter, base)
         if hasattr(pipe, "safety_checker") and pipe.safety_checker is None:
             pipe.register_to_config(requires_safety_checker=False)
         return cls(pipe, adapter, face_backend=face_backend, base_name=base)

@@ -118,3 +118,30 @@ def test_real_sd15_and_sdxl_layouts(name, family, n_layers, n_blocks):
     assert len(cfg.hidden_sizes) == n_layers and len(cfg.attention_blocks) == n_blocks
     assert cfg.expression_layers == ["up.block_1.0", "up.block_1.1", "up.block_1.2", "mid"]
     assert cfg.expression_hidden_dim == {"sd15": 768, "sdxl": 1280}[family]
+
+
+def test_adapter_on_another_version_of_its_base_warns(tmp_path, fresh_adapter, sd_base):
+    import warnings
+
+    from safetensors.torch import save_file
+
+    from emojidiff import EmojiDiffPipeline
+    from emojidiff.adapter.core import base_digest
+    from emojidiff.errors import BaseMismatchWarning
+
+    digest = EmojiDiffConfig.load(fresh_adapter).base_digest
+    assert digest == base_digest(sd_base) and len(digest) == 16
+    assert base_digest("someone/a-hub-model") is None  # nothing local to hash, and no download is tried
+    # the same architecture with other weights: a retrained version of the base
+    other = tmp_path / "sd-retrained"
+    shutil.copytree(sd_base, other)
+    unet_file = other / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(unet_file))
+    sd["conv_in.bias"] = sd["conv_in.bias"] + 0.01
+    save_file(sd, str(unet_file))
+    assert base_digest(other) not in (None, digest)
+    with pytest.warns(BaseMismatchWarning, match=f"trained on another version of base '{other}'.*{digest}"):
+        EmojiDiffPipeline.from_pretrained(str(other), adapter=fresh_adapter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BaseMismatchWarning)
+        EmojiDiffPipeline.from_pretrained(sd_base, adapter=fresh_adapter)  # its own base: silent

@@ -190,3 +190,28 @@ def test_help_explains_the_commands():
     assert "generate" in res.output and "init-adapter" in res.output
     res = CliRunner().invoke(main, ["generate", "--help"])
     assert "--exp-scale" in res.output and "byte-identical" in res.output
+
+
+def test_adapter_on_a_retrained_base_warns_in_one_line(tmp_path, cli_adapter, sd_base, files):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "retrained"
+    shutil.copytree(sd_base, other)
+    f = other / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(f))
+    sd["conv_in.bias"] = sd["conv_in.bias"] + 0.01
+    save_file(sd, str(f))
+    np.save(tmp_path / "x.npy", np.ones(16, np.float32))
+    args = ["generate", "--identity", "x.npy", "--expression", files["template"], "--adapter", cli_adapter]
+    proc = subprocess.run(
+        [sys.executable, "-m", "emojidiff", *args, "--base", str(other), "--out", "o.png", *GEN],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "another version of base" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: adapter '{cli_adapter}' was trained on another")
+    assert (tmp_path / "o.png").is_file()  # a warning, not an error: the image is still made

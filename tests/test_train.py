@@ -68,8 +68,12 @@ def test_only_the_expression_branch_trains(tmp_path, data_dir, sd_base, sd_adapt
     assert not torch.equal(before_exp["image_proj.latents"], after_exp["image_proj.latents"])
     before_id, after_id = load_file(f"{sd_adapter}/{IDENTITY_WEIGHTS}"), load_file(str(final / IDENTITY_WEIGHTS))
     assert all(torch.equal(before_id[k], after_id[k]) for k in before_id)
-    # the exported adapter is a complete adapter folder
+    # the exported adapter is a complete adapter folder, and names the base it was trained on
     from emojidiff import EmojiDiffPipeline
+    from emojidiff.adapter import EmojiDiffConfig
+    from emojidiff.adapter.core import base_digest
+
+    assert EmojiDiffConfig.load(final).base_digest == base_digest(sd_base) is not None
 
     pipe = EmojiDiffPipeline.from_pretrained(sd_base, adapter=final)
     out = pipe("a portrait", identity=random_embedding(0), expression=random_image(1), num_inference_steps=2,

@@ -77,6 +77,8 @@ class EmojiDiffConfig:
     image_encoder_layer: int = -2  # which hidden state of the image encoder feeds the resampler (IP-Adapter Plus: -2)
     face_backend: str = "none"
     base_model: str | None = None
+    #: digest of the base's UNet weights it was trained on (small local bases only: ``adapter.core.base_digest``)
+    base_digest: str | None = None
     format_version: int = FORMAT_VERSION
     emojidiff_version: str = __version__
     #: free-form record of how the weights were made (commands, data, steps); shipped adapters fill it in

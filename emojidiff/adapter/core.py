@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import warnings
 from pathlib import Path
 
-from ..errors import AdapterError
+from ..errors import AdapterError, BaseMismatchWarning
 from .config import (
     EXPRESSION_WEIGHTS,
     IDENTITY_TOKENS,
@@ -34,6 +36,39 @@ def resolve_base(name_or_path: str | Path) -> str:
     if s in BUNDLED_BASES and not Path(s).exists():
         return str(BUNDLED_BASES[s])
     return s
+
+
+#: UNet weight files up to this size are hashed by :func:`base_digest`; real bases (SD1.5's UNet is 3.4 GB) are not
+DIGEST_MAX_BYTES = 64 * 2**20
+
+
+def base_digest(base: str | Path) -> str | None:
+    """A short SHA-256 of a small local base's UNet weights, or None (a hub id, or a UNet over ``DIGEST_MAX_BYTES``).
+
+    Adapters record it so that one trained on another version of a same-shaped base (the bundled synthetic base
+    is replaced by better ones over time) is noticed at load time. Real bases are left out on purpose: hashing
+    gigabytes at every load costs seconds, and adapters are meant to be used on fine-tunes of their base.
+    """
+    unet_dir = Path(resolve_base(base), "unet")
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
+        f = unet_dir / name
+        if f.is_file() and f.stat().st_size <= DIGEST_MAX_BYTES:
+            return hashlib.sha256(f.read_bytes()).hexdigest()[:16]
+    return None
+
+
+def warn_if_other_base_version(cfg: EmojiDiffConfig, adapter: str | Path, base: str | Path) -> None:
+    """Warn (:class:`BaseMismatchWarning`) when ``base`` is not the version of the base that ``cfg`` was trained on."""
+    if not cfg.base_digest:
+        return
+    digest = base_digest(base)
+    if digest is not None and digest != cfg.base_digest:
+        warnings.warn(
+            f"adapter '{adapter}' was trained on another version of base '{base}' (UNet {cfg.base_digest}, this one "
+            f"{digest}): expect poor portraits; use the base it was trained on or train it again for this one",
+            BaseMismatchWarning,
+            stacklevel=3,
+        )
 
 
 def resolve_adapter(name_or_path: str | Path) -> Path:
@@ -140,6 +175,8 @@ def init_adapter(
         face_backend=face_backend,
         base_model=base_name,
     )
+    if base_name is not None:
+        cfg.base_digest = base_digest(base_name)
     out.mkdir(parents=True, exist_ok=True)
     cfg.image_encoder = copy_encoder_into(ref, out)
     id_sd, exp_sd = init_branch_weights(unet, cfg, seed=seed)
@@ -200,6 +237,7 @@ def describe_adapter(adapter: str | Path) -> dict:
 
 __all__ = [
     "BUNDLED_ADAPTERS",
+    "base_digest",
     "copy_adapter",
     "init_adapter",
     "load_adapter_into",

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..adapter.config import EmojiDiffConfig
+from ..adapter.core import base_digest
 from ..adapter.layers import block_key, cross_attention_processors
 from ..adapter.weights import branch_weights_from_unet, save_branch_weights
 from ..data.dataset import TripletDataset, collate
@@ -300,6 +301,7 @@ class Trainer:
             and not (out / "image_encoder").exists()
         ):
             shutil.copytree(enc, out / "image_encoder")
+        self.adapter_cfg.base_digest = base_digest(self.cfg.base)  # the base these weights were trained on
         self.adapter_cfg.save(out)
 
     # ------------------------------------------------------------------ validation
