@@ -6,6 +6,8 @@ handles in milliseconds. The configs follow diffusers' own test-suite tiny model
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from PIL import Image
@@ -191,3 +193,17 @@ def tiny_image_encoder(seed: int = 0):
         intermediate_size=37,
     )
     return CLIPVisionModelWithProjection(cfg).eval()
+
+
+def retrained_copy(base: str | Path, out: str | Path) -> Path:
+    """A copy of the saved pipeline ``base`` whose UNet differs by one bias: another version of a same-shaped base."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = Path(shutil.copytree(base, out))
+    unet_file = out / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(str(unet_file))
+    sd["conv_in.bias"] = sd["conv_in.bias"] + 0.01
+    save_file(sd, str(unet_file))
+    return out

@@ -123,22 +123,15 @@ def test_real_sd15_and_sdxl_layouts(name, family, n_layers, n_blocks):
 def test_adapter_on_another_version_of_its_base_warns(tmp_path, fresh_adapter, sd_base):
     import warnings
 
-    from safetensors.torch import save_file
-
     from emojidiff import EmojiDiffPipeline
     from emojidiff.adapter.core import base_digest
     from emojidiff.errors import BaseMismatchWarning
+    from emojidiff.testing import retrained_copy
 
     digest = EmojiDiffConfig.load(fresh_adapter).base_digest
     assert digest == base_digest(sd_base) and len(digest) == 16
     assert base_digest("someone/a-hub-model") is None  # nothing local to hash, and no download is tried
-    # the same architecture with other weights: a retrained version of the base
-    other = tmp_path / "sd-retrained"
-    shutil.copytree(sd_base, other)
-    unet_file = other / "unet" / "diffusion_pytorch_model.safetensors"
-    sd = load_file(str(unet_file))
-    sd["conv_in.bias"] = sd["conv_in.bias"] + 0.01
-    save_file(sd, str(unet_file))
+    other = retrained_copy(sd_base, tmp_path / "sd-retrained")  # same architecture, other weights
     assert base_digest(other) not in (None, digest)
     with pytest.warns(BaseMismatchWarning, match=f"trained on another version of base '{other}'.*{digest}"):
         EmojiDiffPipeline.from_pretrained(str(other), adapter=fresh_adapter)

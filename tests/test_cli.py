@@ -193,16 +193,9 @@ def test_help_explains_the_commands():
 
 
 def test_adapter_on_a_retrained_base_warns_in_one_line(tmp_path, cli_adapter, sd_base, files):
-    import shutil
+    from emojidiff.testing import retrained_copy
 
-    from safetensors.torch import load_file, save_file
-
-    other = tmp_path / "retrained"
-    shutil.copytree(sd_base, other)
-    f = other / "unet" / "diffusion_pytorch_model.safetensors"
-    sd = load_file(str(f))
-    sd["conv_in.bias"] = sd["conv_in.bias"] + 0.01
-    save_file(sd, str(f))
+    other = retrained_copy(sd_base, tmp_path / "retrained")
     np.save(tmp_path / "x.npy", np.ones(16, np.float32))
     args = ["generate", "--identity", "x.npy", "--expression", files["template"], "--adapter", cli_adapter]
     proc = subprocess.run(

@@ -134,6 +134,7 @@ class Trainer:
                 m.requires_grad_(False).to(acc.device, self.weight_dtype)
         self.unet = pipe.unet.to(acc.device, self.weight_dtype)
         self.adapter_cfg: EmojiDiffConfig = pipe.config
+        self.adapter_cfg.base_digest = base_digest(cfg.base)  # exported adapters name the base they trained on
         self.params = trainable_parameters(self.unet, cfg.train_branches, self.adapter_cfg.expression_layers)
         # train as we generate: identity on every layer, expression only on the expression-layer map
         self.pipe.set_scales(1.0, 1.0)
@@ -301,7 +302,6 @@ class Trainer:
             and not (out / "image_encoder").exists()
         ):
             shutil.copytree(enc, out / "image_encoder")
-        self.adapter_cfg.base_digest = base_digest(self.cfg.base)  # the base these weights were trained on
         self.adapter_cfg.save(out)
 
     # ------------------------------------------------------------------ validation
