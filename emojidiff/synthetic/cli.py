@@ -181,7 +181,8 @@ def pretrain_cmd(
 ) -> None:
     """Train every model of the synthetic world: analysers, VAE, CLIP text/image encoders, UNet; then OUT/base.
 
-    The default run takes 46-54 minutes on 2 CPU cores (MODEL_CARD.md); --quick checks the whole path in seconds.
+    The default run took 46 minutes on 2 CPU cores on a fast day and 77 on a slow one (MODEL_CARD.md); --quick
+    checks the whole path in seconds.
     Ctrl-C or kill stops it (the analysers' second process too); --resume goes on from where it stopped.
     """
     import torch

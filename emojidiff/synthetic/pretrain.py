@@ -70,9 +70,8 @@ class PretrainConfig:
     analyser_identity_steps: int = 2000
     analyser_face_steps: int = 2500
     #: the evaluation style classifier (``style.train_style``): 2000 steps, the shipped judge's recipe (glasses read
-    #: right on 99 % of held-out renders; 400-600 steps: ~86 %; BENCHMARKS.md, "Face analysers"). The whole run's
-    #: 46 min were timed with 600; the other 1400 run in the analysers' process beside the UNet and took 440 s at
-    #: most on one thread (627 s for 2000, session 19), so at most 54 min in all (MODEL_CARD.md)
+    #: right on 99 % of held-out renders; 400-600 steps: ~86 %; BENCHMARKS.md, "Face analysers"). The whole run
+    #: took 46 min with 600 on a fast day and 77 min with 2000 on a slow one (MODEL_CARD.md)
     style_steps: int = 2000
     vae_steps: int = 2000
     vae_batch: int = 32
