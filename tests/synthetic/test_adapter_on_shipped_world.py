@@ -89,3 +89,19 @@ def test_bundled_adapters_load_and_differ(tmp_path):
         images[name] = np.asarray(img.images[0], dtype=np.float32)
     assert images["synthetic-naive"].shape == (64, 64, 3)
     assert np.abs(images["synthetic-naive"] - images["synthetic-idi"]).mean() > 0.5
+
+
+@pytest.mark.skipif(not (BASE / "model_index.json").is_file(), reason="shipped base model absent")
+def test_bundled_adapters_were_trained_on_the_bundled_base():
+    """Replacing the shipped base without training its adapters again (or the reverse) must not go unnoticed."""
+    from emojidiff.adapter import BUNDLED_ADAPTERS
+    from emojidiff.adapter.config import EmojiDiffConfig
+    from emojidiff.adapter.core import base_digest
+
+    digest = base_digest(BASE)
+    assert digest is not None and len(digest) == 16
+    installed = {n: f for n, f in BUNDLED_ADAPTERS.items() if (f / "emojidiff.json").is_file()}
+    found = {n: EmojiDiffConfig.load(f).base_digest for n, f in installed.items()}
+    if not found:
+        pytest.skip("no bundled adapter installed")
+    assert found == dict.fromkeys(found, digest)
