@@ -148,12 +148,17 @@ def test_torch_arcface_loads_checkpoint(face_models_dir, analyzer, astronaut, as
     assert np.allclose(e, ref / np.linalg.norm(ref), atol=1e-4)
 
 
-def test_torch_arcface_refuses_unsafe_and_missing(face_models_dir, tmp_path):
+def test_torch_arcface_missing_model_message(face_models_dir):
+    pytest.importorskip("mediapipe", reason="mediapipe not installed: the faces extra is missing")
     from emojidiff.faces import backends
-    from emojidiff.faces.iresnet import load_iresnet
 
     with pytest.raises(ModelMissingError, match="arcface-torch.*missing"):
         backends.make_mediapipe_arcface()
+
+
+def test_torch_arcface_refuses_unsafe_checkpoints(tmp_path):
+    from emojidiff.faces.iresnet import load_iresnet
+
     evil = tmp_path / "evil.pth"
     torch.save({"weights": torch.zeros(2), "hook": _EvilPayload()}, evil)  # an arbitrary object in the pickle
     with pytest.raises(ModelMissingError, match="could not be loaded safely"):
