@@ -87,20 +87,21 @@ def _to_tensor(arr: np.ndarray) -> torch.Tensor:
 def _augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0):
     """Random scale/shift, blur, noise, brightness. Returns the images and the (scale, tx, ty) per image, in
     normalised [-1, 1] coordinates, mapping output coordinates to input ones: p_in = s * p_out + t."""
-    b = x.shape[0]
-    s = 1.0 + (torch.rand(b, generator=gen) - 0.5) * 0.16 * strength
-    t = (torch.rand(b, 2, generator=gen) - 0.5) * 0.14 * strength
-    theta = torch.zeros(b, 2, 3)
+    b, dev = x.shape[0], x.device
+    s = 1.0 + (torch.rand(b, generator=gen, device=dev) - 0.5) * 0.16 * strength
+    t = (torch.rand(b, 2, generator=gen, device=dev) - 0.5) * 0.14 * strength
+    theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0] = s
     theta[:, 1, 1] = s
     theta[:, :, 2] = t
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    blur = torch.rand(b, generator=gen) < 0.3 * strength
+    blur = torch.rand(b, generator=gen, device=dev) < 0.3 * strength
     if blur.any():
         x[blur] = F.avg_pool2d(x[blur], 3, 1, 1, count_include_pad=False)
-    x = x * (1.0 + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2 * strength)
-    x = x + torch.randn(x.shape, generator=gen) * torch.rand(b, 1, 1, 1, generator=gen) * 0.03 * strength
+    x = x * (1.0 + (torch.rand(b, 1, 1, 1, generator=gen, device=dev) - 0.5) * 0.2 * strength)
+    noise = torch.randn(x.shape, generator=gen, device=dev)
+    x = x + noise * torch.rand(b, 1, 1, 1, generator=gen, device=dev) * 0.03 * strength
     return x.clamp(0, 1), s, t
 
 
@@ -187,7 +188,8 @@ def _expr_weights(expr: torch.Tensor, gaze_weight: float = 1.0) -> torch.Tensor:
 
 def _raw_expression(expr: torch.Tensor) -> torch.Tensor:
     """Expression factors in their natural ranges -> the face net's raw [-1, 1] scale (what its outputs are fit to)."""
-    return (expr - EXPR_LO) / (EXPR_HI - EXPR_LO) * 2.0 - 1.0
+    lo, hi = EXPR_LO.to(expr), EXPR_HI.to(expr)
+    return (expr - lo) / (hi - lo) * 2.0 - 1.0
 
 
 def _data_seeds(kind: str, round_: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -215,8 +217,10 @@ def face_loss(net: FaceNet, x: torch.Tensor, tg: dict, s, t, n_pos: int, gaze_we
     return loss
 
 
-def _cosine_lr(opt, step: int, total: int, base: float, warmup: int = 50) -> None:
-    lr = base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
+def _cosine_lr(opt, step: int, total: int, base: float, warmup: int = 50, start: int = 0) -> None:
+    """One cosine from ``base`` to 0 over ``total`` steps, warmed up linearly over the ``warmup`` steps from ``start``
+    (a run that continues a cosine begun by an earlier one starts at its ``step`` with fresh optimiser moments)."""
+    lr = base * min(1.0, (step - start + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
     for g in opt.param_groups:
         g["lr"] = lr
 
@@ -284,24 +288,49 @@ def _render(ps: list[Portrait]) -> torch.Tensor:
     return _to_tensor(render_array(ps, INPUT_SIZE))
 
 
-def rendered_batches(draws, workers: int = 0, ahead: int = 2):
-    """Yield ``(portraits, images)`` for each list of portraits in ``draws``, in order. With ``workers`` > 0 the
-    images are rendered by that many spawned processes, at most ``ahead`` batches per worker in advance (bounded, so
-    memory stays flat when the training step is the slower side)."""
+def _run_ahead(fn, arg_tuples, workers: int = 0, ahead: int = 2):
+    """Yield ``(args, fn(*args))`` for each tuple in ``arg_tuples``, in order. With ``workers`` > 0 the calls run in
+    that many spawned processes, at most ``ahead`` per worker in advance (bounded, so memory stays flat when the
+    training step is the slower side)."""
     if workers <= 0:
-        for ps in draws:
-            yield ps, _render(ps)
+        for args in arg_tuples:
+            yield args, fn(*args)
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pending: deque = deque()
-        for ps in draws:
-            pending.append((ps, pool.apply_async(_render, (ps,))))
+        for args in arg_tuples:
+            pending.append((args, pool.apply_async(fn, args)))
             if len(pending) >= workers * ahead:
                 done, res = pending.popleft()
                 yield done, res.get()
         while pending:
             done, res = pending.popleft()
             yield done, res.get()
+
+
+def rendered_batches(draws, workers: int = 0, ahead: int = 2):
+    """Yield ``(portraits, images)`` for each list of portraits in ``draws``, in order, rendered by ``workers``
+    spawned processes (0: here), at most ``ahead`` batches per worker in advance."""
+    for (ps,), x in _run_ahead(_render, ((ps,) for ps in draws), workers, ahead):
+        yield ps, x
+
+
+def _expressions(ps: list[Portrait]) -> torch.Tensor:
+    return torch.tensor(np.stack([p.expression.to_vector() for p in ps]), dtype=torch.float32)
+
+
+def step_seeded_draw(
+    kind: str, round_: int, step: int, batch: int, uniform_prob: float, sketch_prob: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One part-training step's portraits, drawn from a seed of that step's own and rendered: (images, expression
+    vectors). Drawing in the render workers frees the training process for the net, which is what keeps a GPU busy
+    (drawing 96 portraits costs about a fifth of rendering them); the data depends on the step, not on the number of
+    workers, but differs from the default draws' (one generator over the whole round)."""
+    rng = np.random.default_rng([300 + SEED[kind] + 1000 * round_, step])
+    ps = [_sample(rng, SPLITS[kind], uniform_prob) for _ in range(batch)]
+    if sketch_prob:
+        ps = [replace(p, style=replace(p.style, shading="sketch")) if rng.random() < sketch_prob else p for p in ps]
+    return _render(ps), _expressions(ps)
 
 
 def _sample(rng: np.random.Generator, id_range, uniform_prob: float = 0.3) -> Portrait:
@@ -518,6 +547,11 @@ def train_parts(
     sketch_prob: float = 0.0,
     vae_prob: float = 0.0,
     vae_base: str | Path | None = None,
+    device: str = "cpu",
+    step_seeded: bool = False,
+    vae_pairs: bool = False,
+    schedule: tuple[int, int] | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
     """Add :class:`~emojidiff.synthetic.nets.PartHeads` to a saved face net and train only them (the whole-face net
     stays frozen, batch-norm statistics included), on fresh data; re-evaluate and overwrite ``face.safetensors``.
@@ -527,16 +561,32 @@ def train_parts(
     read), decided by a generator of its own, so every other factor of every draw stays what the round draws.
     ``vae_prob`` passes that share of the renders through a round trip of a base's VAE (``vae_base``, default the
     shipped base) before the augmentations: generated images have that softness, and nets trained on clean renders
-    read it badly (BENCHMARKS.md, "Face analysers")."""
+    read it badly (BENCHMARKS.md, "Face analysers"). ``vae_pairs`` instead trains every step on each render twice,
+    as it is and after the round trip (twice the batch, for no more rendering).
+
+    ``device`` is where the net trains (the data is always made on the CPU). ``step_seeded`` draws each step's
+    portraits in the render workers (:func:`step_seeded_draw`): what keeps a GPU fed. ``schedule`` = (first, total)
+    runs steps ``first`` .. ``first + steps`` of one cosine over ``total`` steps, so that a long schedule can be
+    spread over several runs (each continuing the last one's saved heads). ``max_seconds`` stops training early once
+    that much time has passed and saves what it has (the record says how many steps ran), so a run on a machine lent
+    for a fixed time loses nothing."""
     for name, v in (("sketch_prob", sketch_prob), ("vae_prob", vae_prob)):
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name} must be within 0..1, got {v}")
+    if vae_pairs and vae_prob:
+        raise ValueError("vae_pairs and vae_prob are two ways to train on round trips: choose one")
+    first, total = schedule if schedule is not None else (0, steps)
+    if not 0 <= first < total or first + steps > total:
+        raise ValueError(f"schedule {schedule} does not hold steps {first}..{first + steps}")
+    dev = torch.device(device)
     vae = None
-    if vae_prob:
-        from .base_model import load_base_pipeline
+    if vae_prob or vae_pairs:
+        from diffusers import AutoencoderKL
+
+        from .base_model import BASE_DIR
         from .bench import vae_round_trip
 
-        vae = load_base_pipeline(vae_base).vae.eval().requires_grad_(False)
+        vae = AutoencoderKL.from_pretrained(str(Path(vae_base or BASE_DIR, "vae"))).to(dev).eval().requires_grad_(False)
     folder = Path(out, kind)
     info = json.loads((folder / "config.json").read_text())
     saved_arch = saved_parts_arch(info)
@@ -548,6 +598,9 @@ def train_parts(
     history = info.get("face_parts_train", [])
     round_ = 100 + len(history)  # fresh draws, apart from the face net's rounds
     rng, gen = _data_seeds(kind, round_)
+    if dev.type != "cpu":
+        gen = torch.Generator(device=dev).manual_seed(gen.initial_seed())
+    net.to(dev)
     net.requires_grad_(False).eval()
     net.parts.requires_grad_(True).train()
     opt = torch.optim.AdamW(net.parts.parameters(), lr=lr, weight_decay=1e-4)
@@ -560,17 +613,30 @@ def train_parts(
             p = replace(p, style=replace(p.style, shading="sketch"))
         return p
 
-    draws = ([draw() for _ in range(batch)] for _ in range(steps))
-    vae_gen = torch.Generator().manual_seed(600 + SEED[kind] + 1000 * round_)
-    for step, (ps, x) in enumerate(rendered_batches(draws, render_workers)):
-        _cosine_lr(opt, step, steps, lr)
-        if vae is not None:
-            through = torch.rand(len(x), generator=vae_gen) < vae_prob
+    if step_seeded:
+        args = ((kind, round_, s, batch, uniform_prob, sketch_prob) for s in range(steps))
+        batches = (xe for _, xe in _run_ahead(step_seeded_draw, args, render_workers))
+    else:
+        draws = ([draw() for _ in range(batch)] for _ in range(steps))
+        batches = ((x, _expressions(ps)) for ps, x in rendered_batches(draws, render_workers))
+    vae_gen = torch.Generator(device=dev).manual_seed(600 + SEED[kind] + 1000 * round_)
+    done = 0
+    for step, (x, expr) in enumerate(batches):
+        if max_seconds is not None and time.time() - t0 > max_seconds:
+            log(f"[{kind} parts] stopped after {step} of {steps} steps: --part-max-seconds {max_seconds:g} passed")
+            break
+        _cosine_lr(opt, first + step, total, lr, start=first)
+        x, expr = x.to(dev), expr.to(dev)
+        if vae_pairs:
+            with torch.no_grad():
+                x = torch.cat([x, vae_round_trip(vae, x, batch=len(x))])
+            expr = torch.cat([expr, expr])
+        elif vae is not None:
+            through = torch.rand(len(x), generator=vae_gen, device=dev) < vae_prob
             if through.any():
                 with torch.no_grad():
                     x[through] = vae_round_trip(vae, x[through], batch=len(x))
         x, _, _ = _augment(x, gen, aug)
-        expr = face_targets(ps)["expression"]
         target = _raw_expression(expr)
         raw, parts = net.raw_and_parts(x)
         w = _expr_weights(expr, gaze_weight)
@@ -581,18 +647,27 @@ def train_parts(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        done = step + 1
         if step % 100 == 0 or step == steps - 1:
             log(f"[{kind} parts] step {step}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-    net.eval()
+    net.eval().cpu()
     metrics = evaluate_face(net, n=eval_n)
     _save_half(net, folder / "face.safetensors")
     info["face_parts"] = True
     info["face_parts_arch"] = arch
-    rec = {"steps": steps, "lr": lr, "batch": batch, "aug_strength": aug, "uniform_prob": uniform_prob}
+    rec = {"steps": done, "lr": lr, "batch": batch, "aug_strength": aug, "uniform_prob": uniform_prob}
+    if done < steps:
+        rec["planned_steps"] = steps
     if sketch_prob:
         rec["sketch_prob"] = sketch_prob
-    if vae_prob:
-        rec.update(vae_prob=vae_prob, vae_base=str(vae_base) if vae_base else "shipped")
+    if vae_prob or vae_pairs:
+        rec.update({"vae_pairs" if vae_pairs else "vae_prob": vae_pairs or vae_prob})
+        rec["vae_base"] = str(vae_base) if vae_base else "shipped"
+    if schedule is not None:
+        rec["schedule"] = [first, total]
+    if step_seeded:
+        rec["step_seeded"] = True
+    rec["device"] = dev.type
     rec.update(gaze_weight=gaze_weight, round=round_, seconds=round(time.time() - t0, 1))
     info["face_parts_train"] = [*history, rec]
     info["heldout_face"] = metrics
@@ -610,9 +685,7 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument("--identity-steps", type=int, default=2000)
     ap.add_argument("--face-steps", type=int, default=2500)
     ap.add_argument("--refine-face-steps", type=int, default=0, help="only continue training the saved face net")
-    ap.add_argument(
-        "--part-steps", type=int, default=0, help="only add (or continue) the saved face net's part heads (on the CPU)"
-    )
+    ap.add_argument("--part-steps", type=int, default=0, help="only add (or continue) the saved face net's part heads")
     ap.add_argument("--part-lr", type=float, default=2e-3, help="peak learning rate of --part-steps")
     ap.add_argument("--part-aug", type=float, default=0.5, help="augmentation strength of --part-steps")
     ap.add_argument(
@@ -631,13 +704,32 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
     ap.add_argument(
         "--vae-prob", type=float, default=0.0, help="share of --part-steps renders round-tripped through a VAE"
     )
+    ap.add_argument(
+        "--vae-pairs", action="store_true", help="train --part-steps on every render as is and after a VAE round trip"
+    )
     ap.add_argument("--vae-base", default=None, help="the base whose VAE --vae-prob uses (default: the shipped one)")
+    ap.add_argument(
+        "--step-seeded-draws",
+        action="store_true",
+        help="draw each --part-steps step's portraits in the render workers, from a seed of its own (feeds a GPU)",
+    )
+    ap.add_argument(
+        "--part-schedule",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "TOTAL"),
+        default=None,
+        help="run steps FIRST.. of one cosine over TOTAL steps (a long schedule spread over several runs)",
+    )
+    ap.add_argument(
+        "--part-max-seconds", type=float, default=None, help="stop --part-steps early after this long, saving the heads"
+    )
     ap.add_argument("--refine-lr", type=float, default=1e-3, help="peak learning rate of --refine-face-steps")
     ap.add_argument("--refine-aug", type=float, default=0.5, help="augmentation strength of --refine-face-steps")
     ap.add_argument("--uniform-prob", type=float, default=0.3, help="share of uniformly random expressions (face net)")
     ap.add_argument("--gaze-weight", type=float, default=8.0, help="weight of the gaze factors in the face-net loss")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--device", default="cpu", help="where the face net trains, e.g. cuda (identity net: CPU)")
+    ap.add_argument("--device", default="cpu", help="where the face net (or its part heads) trains, e.g. cuda")
     ap.add_argument("--render-workers", type=int, default=0, help="processes rendering face-net batches ahead")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -655,6 +747,11 @@ if __name__ == "__main__":  # pragma: no cover - `emojidiff world pretrain --sta
             sketch_prob=a.sketch_prob,
             vae_prob=a.vae_prob,
             vae_base=a.vae_base,
+            device=a.device,
+            step_seeded=a.step_seeded_draws,
+            vae_pairs=a.vae_pairs,
+            schedule=tuple(a.part_schedule) if a.part_schedule else None,
+            max_seconds=a.part_max_seconds,
         )
         raise SystemExit(0)
     if a.refine_face_steps:
