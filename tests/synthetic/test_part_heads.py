@@ -4,6 +4,7 @@ face net alone reads, and training them on a copy of a shipped set that the anal
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from emojidiff.synthetic import TEMPLATES, Identity, Portrait, Style, face_geometry
 from emojidiff.synthetic.base_model import ANALYSERS_DIR
+from emojidiff.synthetic.factors import EXPRESSION_NAMES
 from emojidiff.synthetic.nets import PART_SIZE, FaceNet, part_crops, saved_parts_arch
 from emojidiff.synthetic.render import render_array
 from emojidiff.synthetic.train_analysers import _to_tensor
@@ -261,3 +263,69 @@ def test_part_head_renders_can_go_through_the_base_vae_first(tmp_path, monkeypat
     assert rec["vae_prob"] == 0.5 and rec["vae_base"] == "shipped"
     with pytest.raises(ValueError, match="vae_prob must be within 0..1, got -0.1"):
         train_parts(tmp_path, "train", steps=1, batch=8, log=lambda _: None, vae_prob=-0.1)
+
+
+def test_step_seeded_draws_depend_on_the_step_not_on_the_workers():
+    from emojidiff.synthetic.train_analysers import _run_ahead, step_seeded_draw
+
+    args = [("train", 104, s, 4, 0.6) for s in (0, 1, 0)]
+    here = [r for _, r in _run_ahead(step_seeded_draw, iter(args), workers=0)]
+    spawned = [r for _, r in _run_ahead(step_seeded_draw, iter(args), workers=1)]
+    for (xa, ea), (xb, eb) in zip(here, spawned, strict=True):
+        assert xa.shape == (4, 3, 64, 64) and ea.shape == (4, len(EXPRESSION_NAMES))
+        assert torch.equal(xa, xb) and torch.equal(ea, eb)
+    assert torch.equal(here[0][0], here[2][0]) and not torch.equal(here[0][1], here[1][1])  # the step is the seed
+    other_round = step_seeded_draw("train", 105, 0, 4, 0.6)[1]
+    assert not torch.equal(here[0][1], other_round)
+    sketched = step_seeded_draw("train", 104, 0, 4, 0.6, sketch_prob=1.0)[0]
+    assert not torch.equal(sketched, here[0][0])
+
+
+def test_cosine_lr_can_continue_a_schedule_begun_by_an_earlier_run():
+    from emojidiff.synthetic.train_analysers import _cosine_lr
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    _cosine_lr(opt, 50, 100, 2.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)  # halfway down one cosine
+    _cosine_lr(opt, 50, 100, 2.0, warmup=10, start=50)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # a run starting there warms up to it again
+    _cosine_lr(opt, 59, 100, 2.0, warmup=10, start=50)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0 + math.cos(math.pi * 0.59))
+
+
+@pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
+def test_part_heads_can_train_on_renders_paired_with_vae_round_trips(tmp_path, monkeypatch):
+    from emojidiff.synthetic import bench
+    from emojidiff.synthetic.train_analysers import train_parts
+
+    sent: list[int] = []
+    real = bench.vae_round_trip
+
+    def counting(vae, x, batch=50):
+        sent.append(len(x))
+        return real(vae, x, batch)
+
+    monkeypatch.setattr(bench, "vae_round_trip", counting)
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
+    kw = {"batch": 8, "log": lambda _: None, "eval_n": 16}
+    train_parts(tmp_path, "train", steps=2, vae_pairs=True, step_seeded=True, schedule=(4, 10), **kw)
+    assert sent == [8, 8]  # every render, every step
+    rec = json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"][-1]
+    assert rec["vae_pairs"] is True and rec["schedule"] == [4, 10] and rec["step_seeded"] is True
+    assert rec["steps"] == 2 and "planned_steps" not in rec and rec["device"] == "cpu"
+    with pytest.raises(ValueError, match="vae_pairs and vae_prob are two ways"):
+        train_parts(tmp_path, "train", steps=1, vae_pairs=True, vae_prob=0.5, **kw)
+    with pytest.raises(ValueError, match=r"schedule \(9, 10\) does not hold steps 9..11"):
+        train_parts(tmp_path, "train", steps=2, schedule=(9, 10), **kw)
+
+
+@pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
+def test_part_training_stops_at_its_time_limit_and_saves_what_it_has(tmp_path):
+    from emojidiff.synthetic.train_analysers import train_parts
+
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
+    logs: list[str] = []
+    train_parts(tmp_path, "train", steps=5, batch=8, log=logs.append, eval_n=16, max_seconds=0.0)
+    rec = json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"][-1]
+    assert rec["steps"] == 0 and rec["planned_steps"] == 5
+    assert any("stopped after 0 of 5 steps: --part-max-seconds 0 passed" in m for m in logs)
