@@ -329,3 +329,29 @@ def test_part_training_stops_at_its_time_limit_and_saves_what_it_has(tmp_path):
     rec = json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"][-1]
     assert rec["steps"] == 0 and rec["planned_steps"] == 5
     assert any("stopped after 0 of 5 steps: --part-max-seconds 0 passed" in m for m in logs)
+
+
+@pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
+def test_gpu_part_heads_script_runs_a_share_of_a_schedule_on_the_cpu(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_part_heads.sh"
+    shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
+    env = {**os.environ, "DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # its python3: this one
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path), "2", "6", "2", "120", "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "steps 2..4 of 6" in (tmp_path / "plan.txt").read_text()
+    rec = json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"][-1]
+    assert rec["steps"] == 2 and rec["schedule"] == [2, 6] and rec["vae_pairs"] is True
+    assert rec["step_seeded"] is True and rec["aug_strength"] == 0.0 and rec["uniform_prob"] == 0.6
+    assert "[train parts] step 1/2" in (tmp_path / "train.log").read_text()
