@@ -241,23 +241,30 @@ def test_part_head_draws_can_be_sketched_more_often(tmp_path, monkeypatch):
         ta.train_parts(tmp_path / "b", "train", steps=1, batch=8, log=lambda _: None, sketch_prob=1.5)
 
 
+def _record_vae_round_trips(monkeypatch, bench) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Make ``bench.vae_round_trip`` record each call's images and what came back."""
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = bench.vae_round_trip
+
+    def recording(vae, x, batch=50):
+        out = real(vae, x, batch)
+        calls.append((x.clone(), out.clone()))
+        return out
+
+    monkeypatch.setattr(bench, "vae_round_trip", recording)
+    return calls
+
+
 @pytest.mark.skipif(not (ANALYSERS_DIR / "train" / "config.json").is_file(), reason="shipped analysers are absent")
 def test_part_head_renders_can_go_through_the_base_vae_first(tmp_path, monkeypatch):
     from emojidiff.synthetic import bench
     from emojidiff.synthetic.train_analysers import train_parts
 
-    sent: list[int] = []
-    real = bench.vae_round_trip
-
-    def counting(vae, x, batch=50):
-        sent.append(len(x))
-        out = real(vae, x, batch)
-        assert out.shape == x.shape and not torch.equal(out, x)
-        return out
-
-    monkeypatch.setattr(bench, "vae_round_trip", counting)
+    calls = _record_vae_round_trips(monkeypatch, bench)
     shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
     train_parts(tmp_path, "train", steps=2, batch=16, log=lambda _: None, eval_n=16, vae_prob=0.5)
+    assert all(out.shape == x.shape and not torch.equal(out, x) for x, out in calls)
+    sent = [len(x) for x, _ in calls]
     assert len(sent) == 2 and 0 < sum(sent) < 32  # about half of each batch, drawn per render
     rec = json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"][-1]
     assert rec["vae_prob"] == 0.5 and rec["vae_base"] == "shipped"
@@ -298,18 +305,11 @@ def test_part_heads_can_train_on_renders_paired_with_vae_round_trips(tmp_path, m
     from emojidiff.synthetic import bench
     from emojidiff.synthetic.train_analysers import train_parts
 
-    sent: list[int] = []
-    real = bench.vae_round_trip
-
-    def counting(vae, x, batch=50):
-        sent.append(len(x))
-        return real(vae, x, batch)
-
-    monkeypatch.setattr(bench, "vae_round_trip", counting)
+    calls = _record_vae_round_trips(monkeypatch, bench)
     shutil.copytree(ANALYSERS_DIR / "train", tmp_path / "train")
     kw = {"batch": 8, "log": lambda _: None, "eval_n": 16}
     train_parts(tmp_path, "train", steps=2, vae_pairs=True, step_seeded=True, schedule=(4, 10), **kw)
-    assert sent == [8, 8]  # every render, every step
+    assert [len(x) for x, _ in calls] == [8, 8]  # every render, every step
     rec = json.loads((tmp_path / "train" / "config.json").read_text())["face_parts_train"][-1]
     assert rec["vae_pairs"] is True and rec["schedule"] == [4, 10] and rec["step_seeded"] is True
     assert rec["steps"] == 2 and "planned_steps" not in rec and rec["device"] == "cpu"
